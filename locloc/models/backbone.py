@@ -1,0 +1,154 @@
+"""Frozen ViT backbone over any timm Vision Transformer.
+
+One pass gives the three things LocLoc needs from the backbone:
+
+- ``tokens``: the token embedding before the first block (prefix tokens + patches, position
+  embedding added), ``B x (P+N) x D``; the LFDM classifier's input;
+- ``patch_tokens``: the last block's output without prefix tokens and *before* the final
+  norm, ``B x N x D``; the generator's input (after :func:`patch_map`);
+- ``attention`` (on request): the last block's softmax attention row of the CLS query over
+  the patches, ``B x heads x N``; the GrabCut trimap's source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.data import resolve_model_data_config
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+
+__all__ = ["BackboneOutput", "FrozenViT", "build_backbone", "patch_map"]
+
+
+@dataclass
+class BackboneOutput:
+    """Outputs of :meth:`FrozenViT.forward` (shapes for a batch of B images)."""
+
+    tokens: Tensor  # B x (P+N) x D, before the first block
+    patch_tokens: Tensor  # B x N x D, last block output, no prefix tokens, no final norm
+    attention: Tensor | None  # B x heads x N, CLS -> patch attention of the last block
+
+
+class FrozenViT(nn.Module):
+    """A timm VisionTransformer, frozen and always in eval mode.
+
+    Sizes are read from the model: ``embed_dim``, ``num_heads``, ``grid_size`` (gh, gw),
+    ``num_prefix_tokens``, ``patch_size``, ``img_size``; ``data_config`` holds timm's
+    resolved ``mean``, ``std`` and ``input_size``.
+    """
+
+    def __init__(self, vit: nn.Module, name: str = "", timm_kwargs: dict[str, Any] | None = None):
+        super().__init__()
+        for attr in ("patch_embed", "blocks", "_pos_embed", "norm_pre"):
+            if not hasattr(vit, attr):
+                raise ConfigError(
+                    f"backbone {name or type(vit).__name__!r} is not a timm VisionTransformer "
+                    f"(it has no {attr!r}); use a ViT such as deit_small_patch16_224"
+                )
+        self.vit = vit
+        self.name = name
+        self.timm_kwargs = dict(timm_kwargs or {})
+        self.embed_dim = int(vit.embed_dim)
+        self.num_heads = int(vit.blocks[-1].attn.num_heads)
+        self.grid_size = tuple(int(g) for g in vit.patch_embed.grid_size)
+        self.patch_size = tuple(int(p) for p in vit.patch_embed.patch_size)
+        self.img_size = tuple(int(s) for s in vit.patch_embed.img_size)
+        self.num_prefix_tokens = int(vit.num_prefix_tokens)
+        self.has_class_token = getattr(vit, "cls_token", None) is not None
+        self.data_config = dict(resolve_model_data_config(vit))
+        # timm reports the pretrained config's size; the model may have been built for another
+        self.data_config["input_size"] = (int(vit.patch_embed.proj.in_channels), *self.img_size)
+        self.requires_grad_(False)
+        super().train(False)
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size[0] * self.grid_size[1]
+
+    def train(self, mode: bool = True) -> FrozenViT:
+        """The backbone stays in eval mode whatever the caller asks."""
+        return super().train(False)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Images ``B x 3 x H x W`` -> token embedding ``B x (P+N) x D`` (before any block)."""
+        v = self.vit
+        x = v.patch_embed(x)
+        x = v._pos_embed(x)
+        x = v.patch_drop(x)
+        return v.norm_pre(x)
+
+    @torch.no_grad()
+    def forward(self, x: Tensor, with_attention: bool = False) -> BackboneOutput:
+        """Run the frozen ViT on normalized images ``B x 3 x H x W``.
+
+        Returns :class:`BackboneOutput`; ``attention`` is None unless ``with_attention``.
+        """
+        tokens = self.embed(x)
+        blocks = self.vit.blocks
+        h = tokens
+        for blk in blocks[:-1]:
+            h = blk(h)
+        attention = self.cls_attention(blocks[-1], h) if with_attention else None
+        h = blocks[-1](h)
+        return BackboneOutput(tokens, h[:, self.num_prefix_tokens :], attention)
+
+    def cls_attention(self, block: nn.Module, x: Tensor) -> Tensor:
+        """Softmax attention of the CLS query in ``block`` for its input ``x``: ``B x heads x N``.
+
+        Computed from the block's own ``norm1`` and ``attn`` weights, so timm's fused
+        attention path stays untouched. Prefix-token columns are dropped, so each head's
+        row sums to at most 1.
+        """
+        if not self.has_class_token:
+            raise ConfigError(f"backbone {self.name!r} has no class token: no CLS attention")
+        attn = block.attn
+        if not hasattr(attn, "qkv"):
+            raise ConfigError(f"backbone {self.name!r}: attention without a fused qkv is not supported")
+        y = block.norm1(x)
+        B, T, _ = y.shape
+        qkv = attn.qkv(y).reshape(B, T, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = attn.q_norm(qkv[0][:, :, :1]), attn.k_norm(qkv[1])  # q: B x h x 1 x hd
+        scores = (q * attn.scale) @ k.transpose(-2, -1)  # B x h x 1 x T
+        return F.softmax(scores, dim=-1)[:, :, 0, self.num_prefix_tokens :]
+
+
+def patch_map(patch_tokens: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Patch tokens ``B x N x D`` (row-major grid) -> feature map ``B x D x gh x gw``."""
+    B, N, D = patch_tokens.shape
+    gh, gw = grid
+    if N != gh * gw:
+        raise ValueError(f"patch_map: {N} tokens do not fill a {gh}x{gw} grid")
+    return patch_tokens.transpose(1, 2).reshape(B, D, gh, gw)
+
+
+def build_backbone(
+    name: str = "deit_small_patch16_224",
+    weights: str | Path | None = None,
+    **timm_kwargs: Any,
+) -> FrozenViT:
+    """Build a frozen timm ViT by name; load ``weights`` from a local file if given.
+
+    ``weights`` may be an official DeiT file (``{'model': sd}``, head dropped), a DINO file
+    (plain state dict, teacher/student wrappers accepted), or a timm / safetensors file.
+    ``weights=None`` keeps timm's random init (tests). Nothing is ever downloaded.
+    """
+    kwargs = dict(timm_kwargs)
+    kwargs.pop("pretrained", None)
+    kwargs.setdefault("num_classes", 0)
+    try:
+        vit = timm.create_model(name, pretrained=False, **kwargs)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ConfigError(f"cannot build backbone {name!r} with {timm_kwargs}: {e}") from None
+    backbone = FrozenViT(vit, name=name, timm_kwargs=timm_kwargs)
+    if weights is not None:
+        from .checkpoint import load_backbone_weights
+
+        load_backbone_weights(backbone, weights)
+    return backbone

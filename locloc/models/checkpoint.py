@@ -1,0 +1,460 @@
+"""One checkpoint loader for every source, per-source key remapping, strict loading, and the
+project's model directory (``model.safetensors`` + ``config.json``).
+
+Pickled files are read with ``torch.load(weights_only=True)`` only: a file whose pickle would
+run code is refused. Nothing is ever loaded partially: shapes and key sets are checked first.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import CheckpointError
+from ..fileio import atomic_save, write_json
+from .backbone import FrozenViT, build_backbone
+from .classifier import LFDMClassifier
+from .generator import GENERATORS, DeconvGenerator, UNetGenerator
+from .pipeline import LocLocModel
+
+__all__ = [
+    "CONFIG_KEYS",
+    "SOURCES",
+    "build_from_reference",
+    "describe_state_dict",
+    "detect_kind",
+    "load_backbone_weights",
+    "load_model_dir",
+    "load_state_dict_file",
+    "load_strict",
+    "remap_state_dict",
+    "save_model_dir",
+]
+
+SOURCES = ("deit", "dino", "timm", "reference_classifier", "reference_unet", "reference_deconv", "locloc")
+_WRAPPERS = ("state_dict", "model", "module", "teacher", "model_ema", "state_dict_ema")
+_PREFIXES = ("module.", "_orig_mod.")
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+FORMAT = "locloc-model"
+FORMAT_VERSION = 1
+CONFIG_KEYS = frozenset({
+    "format", "version", "backbone", "generator", "classifier", "class_names",
+    "normalization", "input", "thresholds", "source",
+})
+_SHOW = 5
+
+
+# ---------------------------------------------------------------------------- reading files
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
+    """Read a checkpoint file into a flat ``{key: tensor}`` dict on the CPU.
+
+    ``.safetensors`` files are read with safetensors; anything else with
+    ``torch.load(map_location="cpu", weights_only=True)``. Wrappers (``state_dict``,
+    ``model``, ``module``, DINO's ``teacher``, ...) are unwrapped and ``module.`` /
+    ``_orig_mod.`` prefixes stripped. Raises :class:`CheckpointError` naming the file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: expected a checkpoint file, found a directory")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: checkpoint file is empty (0 bytes)")
+    if path.suffix == ".safetensors":
+        obj = _load_safetensors(path)
+    else:
+        obj = _load_pickle(path)
+    sd = _unwrap(obj, path)
+    return _strip_prefixes(sd)
+
+
+def _load_safetensors(path: Path) -> dict[str, Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt: {e})") from None
+
+
+def _load_pickle(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        if "Weights only load failed" in msg:
+            m = re.search(r"GLOBAL ([\w.]+)", msg)
+            what = f" (it references {m.group(1)})" if m else ""
+            raise CheckpointError(
+                f"{path}: refused for safety: the file is a pickle that would import or run code"
+                f"{what}; only plain tensor checkpoints (torch.save of a state dict, or safetensors) "
+                "are loaded"
+            ) from None
+        raise CheckpointError(f"{path}: not a checkpoint (cannot unpickle: {msg.splitlines()[0]})") from None
+    except RuntimeError as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt: {first})") from None
+    except (EOFError, KeyError, ValueError, TypeError, AttributeError, IndexError, OSError) as e:
+        raise CheckpointError(
+            f"{path}: not a checkpoint (expected a torch.save or safetensors file; {type(e).__name__}: {e})"
+        ) from None
+
+
+def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
+    for _ in range(4):
+        if not isinstance(obj, dict):
+            break
+        inner = next((obj[k] for k in _WRAPPERS if isinstance(obj.get(k), dict)), None)
+        if inner is None or all(isinstance(v, Tensor) for v in obj.values()):
+            break
+        obj = inner
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: not a state dict (the file holds a {type(obj).__name__})")
+    bad = [k for k, v in obj.items() if not isinstance(v, Tensor)]
+    if bad or not obj:
+        shown = ", ".join(map(str, bad[:_SHOW])) if bad else "none"
+        raise CheckpointError(
+            f"{path}: not a state dict: {len(bad)} of {len(obj)} entries are not tensors "
+            f"(e.g. {shown}); expected {{key: tensor}} or one of the wrappers {list(_WRAPPERS)}"
+        )
+    return {str(k): v for k, v in obj.items()}
+
+
+def _strip_prefixes(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    out = {}
+    for k, v in sd.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in _PREFIXES:
+                if k.startswith(p):
+                    k, changed = k[len(p):], True
+        out[k] = v
+    return out
+
+
+# ------------------------------------------------------------------ recognising and remapping
+
+
+def detect_kind(sd: dict[str, Tensor]) -> str:
+    """What a state dict holds: ``backbone`` | ``classifier`` | ``unet`` | ``deconv`` |
+    ``light`` | ``locloc`` | ``unknown``."""
+    keys = set(sd)
+    if any(k.startswith("backbone.vit.") for k in keys):
+        return "locloc"
+    if "att_layer4.up_3.conv.UConv.0.weight" in keys:
+        return "unet"
+    if "conv0.weight" in keys and "deconv_layers.0.weight" in keys:
+        return "deconv"
+    if "trunk.up_3.conv.UConv.0.weight" in keys:
+        return "light"
+    if "blocks_mini.0.attn.qkv.weight" in keys or "classifier.0.weight" in keys:
+        return "classifier"
+    if any(k.endswith("patch_embed.proj.weight") for k in keys):
+        return "backbone"
+    return "unknown"
+
+
+def describe_state_dict(sd: dict[str, Tensor]) -> str:
+    """A short human description of what the state dict looks like."""
+    kind = detect_kind(sd)
+    if kind == "unet":
+        return "a UNet generator checkpoint (reference UnetNet layout)"
+    if kind == "deconv":
+        return "a Deconv generator checkpoint (reference DeconvNet layout)"
+    if kind == "light":
+        return "a LightGenerator checkpoint"
+    if kind == "locloc":
+        return "a complete LocLoc model (backbone + heads)"
+    if kind == "classifier":
+        w = sd.get("classifier.0.weight")
+        n = f"{w.shape[0]} classes, " if w is not None else ""
+        depth = len({k.split(".")[1] for k in sd if k.startswith("blocks_mini.")})
+        return f"an LFDM classifier checkpoint ({n}{depth} blocks)"
+    if kind == "backbone":
+        depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+        w = next(v for k, v in sd.items() if k.endswith("patch_embed.proj.weight"))
+        return f"a ViT backbone checkpoint ({w.shape[0]} dims, {depth} blocks, {tuple(w.shape[-2:])} patches)"
+    return f"an unrecognized layout (first keys: {', '.join(list(sd)[:3])})"
+
+
+def remap_state_dict(sd: dict[str, Tensor], source: str, model: nn.Module | None = None) -> dict[str, Tensor]:
+    """Map a state dict from ``source`` (one of :data:`SOURCES`) to our module's key layout.
+
+    Backbone sources (``deit``, ``dino``, ``timm``) drop classification / projection heads
+    and, given the ``model`` (a :class:`FrozenViT`), go through timm's ViT checkpoint filter
+    (position embedding resampling for another grid, old patch-embed layouts). The reference
+    heads and ``locloc`` files already use our keys.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"unknown checkpoint source {source!r}; choose one of {SOURCES}")
+    if source in ("deit", "dino", "timm"):
+        if source == "dino":
+            sd = {k[len("backbone."):] if k.startswith("backbone.") else k: v for k, v in sd.items()}
+        sd = {k: v for k, v in sd.items() if not k.startswith(("head.", "head_dist."))}
+        if isinstance(model, FrozenViT):
+            from timm.models.vision_transformer import checkpoint_filter_fn
+
+            sd = checkpoint_filter_fn(sd, model.vit)
+            own = model.vit.state_dict()
+            # Final norm-like layers the model has but a DINO/headless file may lack stay at init.
+            for k in ("fc_norm.weight", "fc_norm.bias"):
+                if k in own and k not in sd:
+                    sd[k] = own[k]
+        return sd
+    return dict(sd)
+
+
+def load_strict(model: nn.Module, sd: dict[str, Tensor], what: str, path: str | Path) -> None:
+    """Load ``sd`` into ``model`` strictly; on any missing / unexpected / mis-shaped key raise
+    :class:`CheckpointError` (first few of each, with counts). Never loads partially."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    misshaped = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or misshaped:
+        parts = []
+        want, have = detect_kind(own), detect_kind(sd)
+        if have != want and have != "unknown":
+            parts.append(f"the file looks like {describe_state_dict(sd)}, not a {what} checkpoint")
+        if missing:
+            parts.append(f"{len(missing)} missing keys ({_show(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys ({_show(unexpected)})")
+        if misshaped:
+            shapes = [f"{k}: file {list(sd[k].shape)} vs model {list(own[k].shape)}" for k in misshaped]
+            parts.append(f"{len(misshaped)} mis-shaped keys ({_show(shapes)})")
+        raise CheckpointError(f"{path}: cannot load as {what}: " + "; ".join(parts))
+    bad = [k for k in own if own[k].is_floating_point() != sd[k].is_floating_point()]
+    if bad:
+        raise CheckpointError(f"{path}: cannot load as {what}: wrong dtype for {_show(bad)}")
+    model.load_state_dict(sd, strict=True)
+
+
+def _show(items: list[str]) -> str:
+    more = f", ... {len(items) - _SHOW} more" if len(items) > _SHOW else ""
+    return ", ".join(items[:_SHOW]) + more
+
+
+def load_backbone_weights(backbone: FrozenViT, path: str | Path, source: str = "auto") -> None:
+    """Load a local backbone file (DeiT ``{'model': sd}``, DINO, timm, safetensors) strictly."""
+    sd = load_state_dict_file(path)
+    kind = detect_kind(sd)
+    if kind == "locloc":  # reuse the backbone of a saved LocLoc model
+        sd = {k[len("backbone.vit."):]: v for k, v in sd.items() if k.startswith("backbone.vit.")}
+        kind, source = "backbone", "locloc"
+    if kind not in ("backbone", "unknown") and not any(k.startswith("backbone.") for k in sd):
+        raise CheckpointError(f"{path}: not a backbone checkpoint: the file looks like {describe_state_dict(sd)}")
+    if source == "auto":
+        source = "dino" if any(k.startswith("backbone.") for k in sd) else "timm"
+    sd = remap_state_dict(sd, source, backbone)
+    load_strict(backbone.vit, sd, f"backbone {backbone.name}", path)
+
+
+# -------------------------------------------------------------------- reference release
+
+
+def _classifier_from_state_dict(sd: dict[str, Tensor], backbone: FrozenViT, path: Path) -> LFDMClassifier:
+    w = sd.get("classifier.0.weight")
+    fc1 = sd.get("blocks_mini.0.mlp.fc1.weight")
+    norm = sd.get("norm_mini.weight")
+    if w is None or fc1 is None or norm is None:
+        raise CheckpointError(f"{path}: not an LFDM classifier checkpoint: the file looks like {describe_state_dict(sd)}")
+    depth = len({k.split(".")[1] for k in sd if k.startswith("blocks_mini.")})
+    dim = int(norm.shape[0])
+    if dim != backbone.embed_dim:
+        raise CheckpointError(
+            f"{path}: classifier width {dim} does not match the backbone's {backbone.embed_dim} "
+            f"({backbone.name}); pass the matching --backbone"
+        )
+    return LFDMClassifier(
+        num_classes=int(w.shape[0]), embed_dim=dim, depth=depth, num_heads=backbone.num_heads,
+        mlp_ratio=fc1.shape[0] / dim, grid_size=backbone.grid_size,
+        num_prefix_tokens=backbone.num_prefix_tokens, qkv_bias="blocks_mini.0.attn.qkv.bias" in sd,
+    )
+
+
+def _generator_from_state_dict(sd: dict[str, Tensor], kind: str, path: Path) -> nn.Module:
+    if kind == "unet":
+        return UNetGenerator(
+            in_channels=int(sd["att_layer4.down_1.1.UConv.0.weight"].shape[1]),
+            mid_channels=int(sd["att_layer4.up_3.conv.UConv.0.weight"].shape[0]),
+            head_channels=int(sd["up1.weight"].shape[1]),
+            c_base=int(sd["att_layer4.down_1.1.UConv.0.weight"].shape[0]) // 2,
+        )
+    if kind == "deconv":
+        return DeconvGenerator(
+            in_channels=int(sd["conv0.weight"].shape[1]),
+            hidden_channels=int(sd["conv0.weight"].shape[0]),
+            deconv_channels=int(sd["final_layer.weight"].shape[1]),
+        )
+    raise CheckpointError(f"{path}: not a generator checkpoint: the file looks like {describe_state_dict(sd)}")
+
+
+def build_from_reference(
+    backbone_path: str | Path,
+    classifier_path: str | Path | None,
+    locator_path: str | Path,
+    backbone_name: str = "deit_small_patch16_224",
+    generator: str = "auto",
+    backbone_kwargs: dict[str, Any] | None = None,
+) -> LocLocModel:
+    """Assemble a :class:`LocLocModel` from the reference release's three files.
+
+    The class count comes from the classifier file (``classifier.0.weight.shape[0]``; the
+    reference CUB files hold 1000). ``generator`` is ``unet`` | ``deconv`` | ``auto`` (from
+    the keys). ``classifier_path=None`` gives a localization-only model. ``backbone_kwargs``
+    go to ``timm.create_model`` (e.g. ``img_size``).
+    """
+    backbone = build_backbone(backbone_name, backbone_path, **(backbone_kwargs or {}))
+    classifier = None
+    if classifier_path is not None:
+        cpath = Path(classifier_path)
+        csd = remap_state_dict(load_state_dict_file(cpath), "reference_classifier")
+        classifier = _classifier_from_state_dict(csd, backbone, cpath)
+        load_strict(classifier, csd, "LFDM classifier", cpath)
+    gpath = Path(locator_path)
+    gsd = load_state_dict_file(gpath)
+    kind = detect_kind(gsd)
+    if kind not in ("unet", "deconv"):
+        raise CheckpointError(f"{gpath}: not a generator checkpoint: the file looks like {describe_state_dict(gsd)}")
+    if generator not in ("auto", kind):
+        raise CheckpointError(f"{gpath}: --generator {generator} given, but the file looks like {describe_state_dict(gsd)}")
+    gsd = remap_state_dict(gsd, f"reference_{kind}")
+    gen = _generator_from_state_dict(gsd, kind, gpath)
+    if gen.config["in_channels"] != backbone.embed_dim:
+        raise CheckpointError(
+            f"{gpath}: generator takes {gen.config['in_channels']} channels, the backbone gives {backbone.embed_dim}"
+        )
+    load_strict(gen, gsd, f"{kind} generator", gpath)
+    return LocLocModel(backbone, classifier, gen).eval()
+
+
+# --------------------------------------------------------------------- model directories
+
+
+def _generator_type(gen: nn.Module) -> str:
+    for name, cls in GENERATORS.items():
+        if type(gen) is cls:
+            return name
+    raise TypeError(f"cannot save generator of type {type(gen).__name__}: not one of {sorted(GENERATORS)}")
+
+
+def model_config(model: LocLocModel, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The full ``config.json`` for ``model``: architecture from the model, the rest from
+    ``config`` (``class_names``, ``normalization``, ``input``, ``thresholds``, ``source``)
+    with defaults filled in."""
+    config = dict(config or {})
+    unknown = sorted(set(config) - CONFIG_KEYS)
+    if unknown:
+        raise ValueError(f"unknown model config keys {unknown}; allowed: {sorted(CONFIG_KEYS)}")
+    bb = model.backbone
+    dc = bb.data_config
+    crop = int(dc["input_size"][-1])
+    n = model.num_classes
+    names = list(config.get("class_names") or [f"class_{i}" for i in range(n or 0)])
+    if n is not None and len(names) != n:
+        raise ValueError(f"{len(names)} class names for a classifier with {n} outputs")
+    out = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "backbone": {"name": bb.name, "timm_kwargs": bb.timm_kwargs},
+        "generator": {"type": _generator_type(model.generator), "kwargs": model.generator.config},
+        "classifier": model.classifier.config if model.classifier is not None else None,
+        "class_names": names,
+        "normalization": config.get("normalization")
+        or {"mean": [float(v) for v in dc["mean"]], "std": [float(v) for v in dc["std"]]},
+        # the method's eval protocol (resize 256, centre crop 224), scaled to the model's input
+        "input": config.get("input") or {"resize": round(crop * 256 / 224), "crop": crop},
+        "thresholds": config.get("thresholds") or {"default": 0.5, "sweep": [0.5]},
+    }
+    if "source" in config:
+        out["source"] = config["source"]
+    json.dumps(out)  # fail here, not half-way through writing, if something is not JSON
+    return out
+
+
+def save_model_dir(directory: str | Path, model: LocLocModel, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``model.safetensors`` (all weights, backbone included) and ``config.json`` into
+    ``directory``, each atomically. Returns the full config written."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    full = model_config(model, config)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    atomic_save(directory / MODEL_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    write_json(directory / CONFIG_FILE, full)
+    return full
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: model config not found (a model directory holds {CONFIG_FILE} and {MODEL_FILE})")
+    try:
+        cfg = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        line = getattr(e, "lineno", None)
+        where = f"{path}:{line}" if line else str(path)
+        raise CheckpointError(f"{where}: model config is not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path}: model config must be a JSON object")
+    unknown = sorted(set(cfg) - CONFIG_KEYS)
+    if unknown:
+        raise CheckpointError(f"{path}: unknown model config keys {unknown}; allowed: {sorted(CONFIG_KEYS)}")
+    if cfg.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a LocLoc model config (format is {cfg.get('format')!r}, expected {FORMAT!r})")
+    if cfg.get("version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: model config version {cfg.get('version')!r} is not supported (expected {FORMAT_VERSION})")
+    for key in ("backbone", "generator"):
+        if not isinstance(cfg.get(key), dict):
+            raise CheckpointError(f"{path}: model config lacks the {key!r} section")
+    return cfg
+
+
+def build_model_from_config(cfg: dict[str, Any], where: str | Path = CONFIG_FILE) -> LocLocModel:
+    """Build an (untrained) :class:`LocLocModel` from a model config's architecture sections."""
+    try:
+        bcfg, gcfg = cfg["backbone"], cfg["generator"]
+        backbone = build_backbone(bcfg["name"], None, **bcfg.get("timm_kwargs", {}))
+        ccfg = cfg.get("classifier")
+        classifier = LFDMClassifier(**ccfg) if ccfg else None
+        gkw = dict(gcfg.get("kwargs", {}))
+        gkw.pop("in_channels", None)
+        if gcfg["type"] not in GENERATORS:
+            raise ValueError(f"unknown generator type {gcfg['type']!r}; choose one of {sorted(GENERATORS)}")
+        generator = GENERATORS[gcfg["type"]](in_channels=backbone.embed_dim, **gkw)
+    except CheckpointError:
+        raise
+    except Exception as e:  # a bad architecture section: say where, not a traceback
+        raise CheckpointError(f"{where}: cannot build the model from the config ({type(e).__name__}: {e})") from None
+    return LocLocModel(backbone, classifier, generator)
+
+
+def load_model_dir(directory: str | Path, device: str | torch.device = "cpu") -> tuple[LocLocModel, dict[str, Any]]:
+    """Rebuild a model saved by :func:`save_model_dir`; weights are loaded strictly.
+
+    Returns ``(model in eval mode on device, config dict)``.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: model directory not found")
+    cfg_path = directory / CONFIG_FILE
+    cfg = _read_config(cfg_path)
+    model = build_model_from_config(cfg, cfg_path)
+    weights = directory / MODEL_FILE
+    sd = load_state_dict_file(weights)
+    load_strict(model, sd, "LocLoc model", weights)
+    names = cfg.get("class_names")
+    if model.num_classes is not None and names is not None and len(names) != model.num_classes:
+        raise CheckpointError(f"{cfg_path}: {len(names)} class names for a classifier with {model.num_classes} outputs")
+    return model.to(device).eval(), cfg
