@@ -1,0 +1,225 @@
+"""Stage 1 at data-set scale: batched backbone attention, GrabCut in a process pool.
+
+Resumable (images whose PNG exists are skipped; PNGs appear only complete), shardable
+(shard ``i`` of ``n`` takes ``samples[i::n]``; under ``torchrun`` the shard defaults to
+``RANK``/``WORLD_SIZE``) and streaming (at most a few batches of attention grids are in
+flight; masks are written by the workers and never come back to the parent).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..fileio import open_image
+from .grabcut import FALLBACK_REASONS, GrabCutMasker
+from .store import MaskStore
+
+
+@dataclass
+class RunStats:
+    """What :func:`generate_masks` did."""
+
+    total: int = 0  # samples in this shard
+    done: int = 0  # masks written by this run
+    skipped: int = 0  # masks that already existed
+    grabcut: int = 0
+    fallbacks: dict[str, int] = field(default_factory=lambda: {r: 0 for r in FALLBACK_REASONS})
+    seconds: float = 0.0
+    shard: tuple[int, int] = (0, 1)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["shard"] = list(self.shard)
+        d["images_per_s"] = round(self.images_per_s, 3)
+        d["seconds"] = round(self.seconds, 3)
+        return d
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` (0-based ``i``) -> ``(i, n)``; ConfigError on bad syntax or range."""
+    try:
+        i_s, n_s = text.split("/")
+        i, n = int(i_s), int(n_s)
+    except ValueError:
+        raise ConfigError(f"--shard {text!r}: expected i/n, e.g. 0/4 (shard i of n, 0-based)") from None
+    if n < 1 or not 0 <= i < n:
+        raise ConfigError(f"--shard {text!r}: need n >= 1 and 0 <= i < n")
+    return i, n
+
+
+def resolve_shard(shard: tuple[int, int] | None) -> tuple[int, int]:
+    """The given shard, else ``(RANK, WORLD_SIZE)`` from torchrun's environment, else (0, 1)."""
+    if shard is not None:
+        i, n = shard
+        if n < 1 or not 0 <= i < n:
+            raise ConfigError(f"shard {i}/{n}: need n >= 1 and 0 <= i < n")
+        return int(i), int(n)
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        try:
+            return resolve_shard((int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])))
+        except ValueError:
+            raise ConfigError("RANK/WORLD_SIZE environment variables are not integers") from None
+    return 0, 1
+
+
+def shard_samples(samples: Sequence[Any], shard: tuple[int, int]) -> list[Any]:
+    """Shard ``i`` of ``n``: ``samples[i::n]`` (the shards partition the list)."""
+    i, n = shard
+    return list(samples[i::n])
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for k in range(0, len(items), size):
+        yield items[k : k + size]
+
+
+def load_backbone_batch(samples: Sequence[Any], backbone: Any) -> Any:
+    """Images resized (whole image, no crop, bilinear) to the backbone's input size and
+    normalised with its ``data_config`` mean/std: ``B x 3 x H x W`` float32 tensor."""
+    import torch
+    from PIL import Image
+
+    h, w = backbone.img_size
+    mean = np.asarray(backbone.data_config["mean"], np.float32).reshape(1, 1, 3)
+    std = np.asarray(backbone.data_config["std"], np.float32).reshape(1, 1, 3)
+    out = np.empty((len(samples), 3, h, w), np.float32)
+    for k, s in enumerate(samples):
+        im = open_image(s.path).resize((w, h), Image.BILINEAR)
+        a = np.asarray(im, np.float32) / 255.0
+        out[k] = ((a - mean) / std).transpose(2, 0, 1)
+    return torch.from_numpy(out)
+
+
+def attention_grids(backbone: Any, images: Any, device: Any = "cpu") -> np.ndarray:
+    """CLS->patch attention of the last block, heads averaged: ``B x gh x gw`` float32."""
+    import torch
+
+    with torch.inference_mode():
+        out = backbone(images.to(device), with_attention=True)
+    att = out.attention.float().mean(dim=1)  # B x N
+    gh, gw = backbone.grid_size
+    return att.reshape(-1, gh, gw).cpu().numpy()
+
+
+# -- worker side (module-level and torch-free so that spawned workers start fast) -----------
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(masker_cfg: dict, store_root: str) -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+    _WORKER["masker"] = GrabCutMasker.from_config(masker_cfg)
+    _WORKER["store"] = MaskStore(store_root)
+
+
+def _mask_one(task: tuple[str, str, np.ndarray]) -> tuple[str, str | None]:
+    path, relpath, attention = task
+    masker: GrabCutMasker = _WORKER["masker"]
+    image = np.asarray(open_image(path))
+    mask = masker.generate(image, attention)
+    _WORKER["store"].write(relpath, mask)
+    return relpath, masker.last_reason
+
+
+def _mask_many(tasks: list[tuple[str, str, np.ndarray]]) -> list[tuple[str, str | None]]:
+    return [_mask_one(t) for t in tasks]
+
+
+def generate_masks(
+    samples: Sequence[Any],
+    backbone: Any,
+    out_store: MaskStore,
+    masker: GrabCutMasker,
+    batch_size: int = 32,
+    workers: int = 0,
+    shard: tuple[int, int] | None = None,
+    device: Any = "cpu",
+    progress: bool = True,
+    max_in_flight: int = 2,
+) -> RunStats:
+    """Write a GrabCut mask for every sample of this shard that has none yet.
+
+    Args:
+        samples: records with ``path`` and ``relpath`` (e.g. ``DataSet.split("train")``).
+        backbone: a :class:`~locloc.models.backbone.FrozenViT` (``img_size``, ``grid_size``,
+            ``data_config``, ``forward(x, with_attention=True).attention``: B x heads x N).
+        out_store: where masks go (``out_store.root``).
+        masker: GrabCut settings; with ``workers > 0`` each worker builds its own copy.
+        workers: GrabCut processes (spawned); 0 runs GrabCut in this process.
+        shard: ``(i, n)``; None takes torchrun's ``RANK``/``WORLD_SIZE`` or (0, 1).
+        max_in_flight: batches handed to the pool but not finished; bounds memory.
+    """
+    from tqdm import tqdm
+
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    if workers < 0:
+        raise ConfigError(f"workers must be >= 0, got {workers}")
+    shard = resolve_shard(shard)
+    mine = shard_samples(samples, shard)
+    stats = RunStats(total=len(mine), shard=shard)
+    # A single writer owns the store: temporary files are leftovers of a killed run.
+    out_store.clean_temp(older_than_s=0.0 if shard[1] == 1 else 3600.0)
+    todo = [s for s in mine if not out_store.has(s.relpath)]
+    stats.skipped = len(mine) - len(todo)
+    backbone.eval()
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(todo), unit="img", desc=f"masks {shard[0]}/{shard[1]}", disable=not progress)
+
+    def _collect(results: list[tuple[str, str | None]]) -> None:
+        for _, reason in results:
+            stats.done += 1
+            if reason is None:
+                stats.grabcut += 1
+            else:
+                stats.fallbacks[reason] += 1
+        bar.update(len(results))
+
+    pool = None
+    try:
+        if workers > 0:
+            ctx = mp.get_context("spawn")
+            init_args = (masker.config(), str(out_store.root))
+            pool = ctx.Pool(workers, initializer=_init_worker, initargs=init_args)
+        else:
+            _init_worker(masker.config(), str(out_store.root))
+        pending: deque = deque()
+        for batch in _batches(todo, batch_size):
+            grids = attention_grids(backbone, load_backbone_batch(batch, backbone), device)
+            tasks = [(str(s.path), s.relpath, g) for s, g in zip(batch, grids)]
+            if pool is None:
+                for t in tasks:
+                    _collect([_mask_one(t)])
+                continue
+            # Small chunks keep both workers busy to the end of each batch.
+            chunk = max(1, len(tasks) // (workers * 4))
+            chunks = [tasks[k : k + chunk] for k in range(0, len(tasks), chunk)]
+            pending.append(pool.map_async(_mask_many, chunks))
+            while len(pending) >= max_in_flight:
+                for r in pending.popleft().get():
+                    _collect(r)
+        while pending:
+            for r in pending.popleft().get():
+                _collect(r)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    stats.seconds = time.perf_counter() - t0
+    return stats
