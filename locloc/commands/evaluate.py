@@ -1,0 +1,118 @@
+"""``locloc evaluate``: Top-1/Top-5/GT-known Loc, Cls and MaxBoxAccV2 on a data set.
+
+Takes a project model directory (``--model-dir``) or the reference release's three files
+with the reference's flags (``--model deit_small_lctr --data-set CUB --resume BACKBONE
+--classifier CLS --locator LOC``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+NAME = "evaluate"
+HELP = "evaluate a model on a data set with boxes (CUB, ILSVRC val, any CUB-layout folder)"
+
+CUB_THRESHOLDS = (0.45, 0.48, 0.50, 0.51, 0.52, 0.53)
+ILSVRC_THRESHOLDS = (0.30, 0.34, 0.38, 0.40, 0.42, 0.45)
+REFERENCE_MODELS = {"deit_small_lctr": "deit_small_patch16_224"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-path", required=True, help="data set root (CUB layout, ILSVRC root, or CUB images/ folder)")
+    p.add_argument("--model-dir", default=None, help="a project model directory")
+    p.add_argument("--split", default=None, help="split to evaluate (default: test for CUB, val for ILSVRC)")
+    p.add_argument("--out", default=None, metavar="DIR", help="write metrics.json and per_image.csv here")
+    p.add_argument("--thresholds", type=float, nargs="+", default=None,
+                   help="box thresholds (default: the model's sweep, else the reference's for the data set)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=2, help="data-loading processes")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when present)")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (fast mode; not bit-exact)")
+    p.add_argument("--box-mapping", choices=("reference", "exact"), default="reference",
+                   help="GT box mapping through resize+crop: the reference's integer arithmetic or exact")
+    p.add_argument("--first-box-only", action="store_true",
+                   help="score against the first GT box only (the reference's ILSVRC protocol)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--metric-workers", type=int, default=1, help="processes for box extraction")
+    ref = p.add_argument_group("reference release flags (main_eval.py compatible)")
+    ref.add_argument("--model", default=None, help="reference model name (deit_small_lctr)")
+    ref.add_argument("--data-set", default=None, choices=("CUB", "IMNET", "ILSVRC"), help="reference data set name")
+    ref.add_argument("--resume", default=None, help="backbone weights file (official DeiT-S)")
+    ref.add_argument("--classifier", default=None, help="reference classifier checkpoint")
+    ref.add_argument("--locator", default=None, help="reference generator checkpoint")
+    ref.add_argument("--locator-type", choices=("auto", "unet", "deconv"), default="auto")
+    ref.add_argument("--eval", action="store_true", help=argparse.SUPPRESS)
+
+
+def _load_model(args: argparse.Namespace):
+    from ..errors import ConfigError
+    from ..models.checkpoint import build_from_reference, load_model_dir
+
+    if args.model_dir:
+        if any([args.resume, args.classifier, args.locator]):
+            raise ConfigError("give either --model-dir or the reference files (--resume/--classifier/--locator), not both")
+        return load_model_dir(args.model_dir, device="cpu")
+    missing = [f for f, v in (("--resume", args.resume), ("--classifier", args.classifier), ("--locator", args.locator)) if not v]
+    if missing:
+        raise ConfigError(
+            "no model given: pass --model-dir DIR, or the reference release's files with "
+            f"--resume/--classifier/--locator (missing: {', '.join(missing)})"
+        )
+    name = REFERENCE_MODELS.get(args.model or "deit_small_lctr")
+    if name is None:
+        raise ConfigError(f"--model {args.model!r} is not a reference model; known: {', '.join(REFERENCE_MODELS)}")
+    model = build_from_reference(args.resume, args.classifier, args.locator, backbone_name=name,
+                                 generator=args.locator_type)
+    return model, {}
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..api import default_device
+    from ..data import load_dataset
+    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
+    from ..engine.evaluate import evaluate, format_reference, format_table, write_results
+    from ..errors import ConfigError
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.thresholds and not all(0.0 <= t < 1.0 for t in args.thresholds):
+        raise ConfigError(f"--thresholds must be in [0, 1), got {args.thresholds}")
+    kind = {"CUB": "cub", "IMNET": "ilsvrc", "ILSVRC": "ilsvrc"}.get(args.data_set or "", "auto")
+    data = load_dataset(args.data_path, kind=kind)
+    split = args.split or ("test" if "test" in data.splits else next(iter(data.splits)))
+    samples = data.split(split)
+    if args.limit:
+        samples = samples[: args.limit]
+    model, config = _load_model(args)
+    inp = config.get("input", {})
+    crop = int(inp.get("crop", getattr(model.backbone, "img_size", (224, 224))[0]))
+    resize = int(inp.get("resize", round(crop * 256 / 224)))
+    norm = config.get("normalization", {})
+    transform = EvalTransform(
+        resize=resize, crop=crop, mean=norm.get("mean", IMAGENET_MEAN), std=norm.get("std", IMAGENET_STD),
+        box_mapping=args.box_mapping,
+    )
+    thresholds = args.thresholds or config.get("thresholds", {}).get("sweep") or (
+        ILSVRC_THRESHOLDS if data.name.lower().startswith("ilsvrc") else CUB_THRESHOLDS
+    )
+    class_names = config.get("class_names") or data.classes
+    device = torch.device(args.device) if args.device else default_device()
+    print(f"evaluating {len(samples)} images of {data.name} ({split}) on {device}", file=sys.stderr)
+    result = evaluate(
+        model, samples, transform=transform, thresholds=thresholds, device=device,
+        batch_size=args.batch_size, workers=args.workers, first_box_only=args.first_box_only,
+        amp_dtype=torch.bfloat16 if args.bf16 else None, class_names=class_names,
+        metric_workers=args.metric_workers,
+    )
+    result.metrics.update(data_path=str(Path(args.data_path)), split=split)
+    if args.model is not None:  # the reference's flags: its printout too
+        print(format_reference(result.metrics))
+    print(format_table(result.metrics))
+    if args.out:
+        m, c = write_results(result, args.out)
+        print(f"wrote {m} and {c}", file=sys.stderr)
+    return 0
