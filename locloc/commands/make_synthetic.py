@@ -20,6 +20,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test", type=int, default=20, help="test images per class")
     p.add_argument("--size", type=int, default=224, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--clutter", type=float, default=1.0,
+                   help="background clutter: 0 = plain gradient, 1 = default, 2 = twice as busy")
+    p.add_argument("--scale", type=float, nargs=2, default=(0.15, 0.60), metavar=("MIN", "MAX"),
+                   help="object extent as a fraction of the image side")
+    p.add_argument("--class-colours", action="store_true",
+                   help="give each class a main colour hue of its own (easier classes)")
     p.add_argument("--force", action="store_true", help="replace an existing data set at OUT")
 
 
@@ -33,6 +39,9 @@ def run(args: argparse.Namespace) -> int:
         test=args.test,
         size=args.size,
         seed=args.seed,
+        clutter=args.clutter,
+        scale=tuple(args.scale),
+        class_colours=args.class_colours,
         force=args.force,
     )
     n_train, n_test = args.classes * args.train, args.classes * args.test

@@ -177,7 +177,7 @@ def _two_colours(rng: np.random.Generator, min_dist: float = 90.0) -> tuple[np.n
             return a, b
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+def _background(rng: np.random.Generator, size: int, clutter: float = 1.0) -> np.ndarray:
     ys, xs = np.mgrid[0:size, 0:size] / size
     a, b = rng.uniform(30, 225, 3), rng.uniform(30, 225, 3)
     theta = rng.uniform(0, 2 * np.pi)
@@ -185,7 +185,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     img = a * (1 - t) + b * t
     low = rng.normal(0, 35, (5, 5, 3))
     img += cv2.resize(low, (size, size), interpolation=cv2.INTER_CUBIC)
-    for _ in range(int(rng.integers(3, 7))):  # textured patches
+    for _ in range(int(round(int(rng.integers(3, 7)) * clutter))):  # textured patches
         lin, centre = _placement(rng, size, rng.uniform(0.2, 0.5))
         patch = _rasterize([_regular(4, 1.2, np.pi / 4)], [], lin, centre, size).astype(bool)
         f = rng.uniform(6, 14)
@@ -193,15 +193,26 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
         along = np.cos(phase) * xs[patch] + np.sin(phase) * ys[patch]
         tex = 0.5 + 0.5 * np.sin(2 * np.pi * f * along)
         c1, c2 = _two_colours(rng, 40)
-        alpha = rng.uniform(0.25, 0.55)
+        alpha = rng.uniform(0.25, 0.55) * min(clutter, 1.0)
         col = c1 * (1 - tex[:, None]) + c2 * tex[:, None]
         img[patch] = (1 - alpha) * img[patch] + alpha * col
-    for _ in range(int(rng.integers(2, 6))):  # clutter lines
+    for _ in range(int(round(int(rng.integers(2, 6)) * clutter))):  # clutter lines
         p0, p1 = rng.uniform(0, size, 2), rng.uniform(0, size, 2)
         colour = tuple(float(c) for c in rng.uniform(0, 255, 3))
         a, b = tuple(int(c) for c in p0), tuple(int(c) for c in p1)
         cv2.line(img, a, b, colour, int(rng.integers(1, 3)), cv2.LINE_AA)
     return img
+
+
+def class_hue(k: int) -> float:
+    """A hue (degrees) for class ``k``; consecutive classes are ~137.5 degrees apart."""
+    return (k * 137.508) % 360.0
+
+
+def _hue_colour(hue: float, rng: np.random.Generator) -> np.ndarray:
+    """An RGB colour (0..255 floats) of ``hue`` degrees, high saturation and value."""
+    hsv = np.uint8([[[int(hue % 360) // 2, int(rng.uniform(170, 255)), int(rng.uniform(170, 255))]]])
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float64)
 
 
 def _paint(
@@ -212,9 +223,17 @@ def _paint(
     v: np.ndarray,
     rng: np.random.Generator,
     shade: bool,
+    hue: float | None = None,
 ) -> None:
-    """Blend a textured, optionally shaded object into ``img`` (in place) through ``mask``."""
+    """Blend a textured, optionally shaded object into ``img`` (in place) through ``mask``.
+
+    With ``hue`` (degrees) the first colour is a saturated colour of about that hue.
+    """
     c1, c2 = _two_colours(rng)
+    if hue is not None:
+        c1 = _hue_colour(hue + rng.uniform(-12, 12), rng)
+        while np.linalg.norm(c1 - c2) < 90:
+            c2 = rng.uniform(0, 255, 3)
     ys, xs = np.nonzero(mask)
     if len(ys) == 0:
         return
@@ -235,11 +254,22 @@ def _paint(
 
 
 def render(
-    k: int, rng: np.random.Generator, size: int = 224
+    k: int,
+    rng: np.random.Generator,
+    size: int = 224,
+    clutter: float = 1.0,
+    scale: tuple[float, float] = SCALE_RANGE,
+    class_colours: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One image of class ``k``: ``(H x W x 3 uint8 RGB image, H x W uint8 mask in {0, 1})``."""
+    """One image of class ``k``: ``(H x W x 3 uint8 RGB image, H x W uint8 mask in {0, 1})``.
+
+    ``clutter`` scales the number and opacity of background patches and lines (1 = default,
+    0 = a plain gradient); ``scale`` is the range of the object's extent / image side;
+    ``class_colours`` gives each class's objects a main colour of its own hue (as bird
+    species have), on top of shape and texture.
+    """
     shape, texture = class_spec(k)
-    img = _background(rng, size)
+    img = _background(rng, size, clutter)
     for _ in range(int(rng.integers(1, 4))):
         dshape = ("square", "hexagon", "bar")[int(rng.integers(0, 3))]
         lin, centre = _placement(rng, size, rng.uniform(*DISTRACTOR_SCALE))
@@ -248,7 +278,7 @@ def render(
         u, v = _local_coords(lin, centre, size)
         tex = _texture(("speckle", "solid")[int(rng.integers(0, 2))], u, v, rng)
         _paint(img, dm, tex, u, v, rng, False)
-    extent = float(np.exp(rng.uniform(np.log(SCALE_RANGE[0]), np.log(SCALE_RANGE[1]))))
+    extent = float(np.exp(rng.uniform(np.log(scale[0]), np.log(scale[1]))))
     while True:
         lin, centre = _placement(rng, size, extent)
         polys, holes = _shape_polys(shape, rng)
@@ -256,7 +286,7 @@ def render(
         if mask.sum() >= 16:
             break
     u, v = _local_coords(lin, centre, size)
-    _paint(img, mask, _texture(texture, u, v, rng), u, v, rng, True)
+    _paint(img, mask, _texture(texture, u, v, rng), u, v, rng, True, class_hue(k) if class_colours else None)
     img += rng.normal(0, 5, img.shape)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8), mask
 
@@ -300,6 +330,9 @@ def make_synthetic(
     size: int = 224,
     seed: int = 0,
     *,
+    clutter: float = 1.0,
+    scale: tuple[float, float] = SCALE_RANGE,
+    class_colours: bool = False,
     force: bool = False,
     progress: bool | None = None,
 ) -> Path:
@@ -317,13 +350,17 @@ def make_synthetic(
         raise DataError(f"need --train >= 1 and --test >= 0 per class, got {train} and {test}")
     if size < 32:
         raise DataError(f"--size must be at least 32 pixels, got {size}")
+    if not 0.0 <= clutter <= 2.0:
+        raise DataError(f"--clutter must be in [0, 2], got {clutter}")
+    if not 0.05 <= scale[0] <= scale[1] <= 0.95:
+        raise DataError(f"--scale must satisfy 0.05 <= min <= max <= 0.95, got {scale}")
     out = Path(out).expanduser().absolute()
     _prepare_out(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     tmp.mkdir()  # not mkdtemp: the data set should get the usual permissions, not 0700
     try:
-        _write(tmp, classes, train, test, size, seed, progress)
+        _write(tmp, classes, train, test, size, seed, progress, clutter, tuple(scale), class_colours)
         if out.exists() and any(out.iterdir()):
             trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
             os.replace(out, trash / "old")
@@ -340,7 +377,16 @@ def make_synthetic(
 
 
 def _write(
-    root: Path, classes: int, train: int, test: int, size: int, seed: int, progress: bool | None
+    root: Path,
+    classes: int,
+    train: int,
+    test: int,
+    size: int,
+    seed: int,
+    progress: bool | None,
+    clutter: float = 1.0,
+    scale: tuple[float, float] = SCALE_RANGE,
+    class_colours: bool = False,
 ) -> None:
     names = class_names(classes)
     rows: dict[str, list[str]] = {k: [] for k in ("images", "labels", "split", "boxes", "sizes")}
@@ -354,7 +400,7 @@ def _write(
             for j in range(train + test):
                 is_train = j < train
                 rng = np.random.default_rng([seed, k, j])
-                img, mask = render(k, rng, size)
+                img, mask = render(k, rng, size, clutter, scale, class_colours)
                 stem = f"{cname.split('.', 1)[1]}_{j:04d}"
                 rel = f"{cname}/{stem}.png"
                 (root / "images" / rel).write_bytes(_png(img))

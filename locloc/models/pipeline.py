@@ -28,8 +28,12 @@ class LocLocModel(nn.Module):
         """Number of classifier outputs (None without a classifier)."""
         return None if self.classifier is None else int(self.classifier.num_classes)
 
-    def forward(self, images: Tensor) -> dict[str, Tensor | None]:
-        out = self.backbone(images)
+    def forward(self, images: Tensor, with_attention: bool = False) -> dict[str, Tensor | None]:
+        """``with_attention`` adds ``"attention"``: the backbone's CLS attention, B x heads x N."""
+        out = self.backbone(images, with_attention=with_attention)
         logits = self.classifier(out.tokens) if self.classifier is not None else None
         maps = self.generator(patch_map(out.patch_tokens, self.backbone.grid_size))
-        return {"logits": logits, "maps": maps}
+        result = {"logits": logits, "maps": maps}
+        if with_attention:
+            result["attention"] = out.attention
+        return result

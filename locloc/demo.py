@@ -1,0 +1,385 @@
+"""The embedded default: the whole LocLoc method on a CPU in minutes, with a report.
+
+``run_demo`` generates (or takes) a CUB-layout data set, trains a small ViT on its class
+labels (the stand-in for the ImageNet-pretrained DeiT-S that cannot be downloaded here),
+freezes it, and runs the method's four stages through the same functions the real data sets
+use: ``locloc masks`` (stage 1), ``train-generator`` (2), ``train-classifier`` (3) and
+``evaluate`` (4). The box threshold is chosen on a held-out split carved from the training
+images and the test split is reported at it, beside the test sweep's own (optimistic) best.
+Baselines on the same test images: a constant centre box, boxes from the raw thresholded
+attention (TS-CAM style), boxes from the GrabCut masks directly, and the GEG generator.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data import load_dataset
+from .data.records import Sample, heldout_split
+from .fileio import write_json
+
+THRESHOLDS = tuple(round(float(t), 2) for t in np.arange(0.05, 0.96, 0.05))
+
+
+@dataclass
+class DemoRecipe:
+    """Sizes and epochs of each stage. ``quick`` is the CI smoke-test variant."""
+
+    classes: int = 6
+    train_per_class: int = 120
+    test_per_class: int = 40
+    size: int = 128
+    clutter: float = 0.5
+    scale: tuple[float, float] = (0.25, 0.7)
+    heldout_per_class: int = 5
+    backbone: str = "locloc_vit_tiny_cs8"
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    pretrain_epochs: int = 15
+    pretrain_lr: float = 5e-4
+    grabcut_iterations: int = 5
+    mask_workers: int = 2
+    generator: str = "light"
+    generator_epochs: int = 8
+    generator_lr: float = 1e-3
+    cache_views: int = 2
+    classifier_epochs: int = 10
+    classifier_lr: float = 5e-4
+    batch_size: int = 32
+    thresholds: tuple[float, ...] = THRESHOLDS
+
+    @classmethod
+    def quick(cls) -> DemoRecipe:
+        return cls(classes=4, train_per_class=40, test_per_class=15, size=112, pretrain_epochs=8,
+                   generator_epochs=3, classifier_epochs=3, cache_views=1)
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.stages: dict[str, float] = {}
+
+    def run(self, name: str, fn: Callable[[], Any]) -> Any:
+        _log(f"\n== {name} ==")
+        t0 = time.perf_counter()
+        out = fn()
+        self.stages[name] = round(time.perf_counter() - t0, 1)
+        _log(f"   {name}: {self.stages[name]:.1f} s")
+        return out
+
+
+def run_demo(
+    out: str | Path = "locloc-demo",
+    seed: int = 0,
+    quick: bool = False,
+    data_path: str | Path | None = None,
+    recipe: DemoRecipe | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the demo into ``out``; returns the ``metrics.json`` dict (with ``baselines``)."""
+    from .data.synthetic import make_synthetic
+
+    torch.manual_seed(seed)
+    recipe = recipe or (DemoRecipe.quick() if quick else DemoRecipe())
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    timer = _Timer()
+    t_start = time.perf_counter()
+
+    # -- data -----------------------------------------------------------------------------
+    if data_path is None:
+        data_root = out / "data"
+        if not (data_root / "images.txt").exists():
+            timer.run("data", lambda: make_synthetic(
+                data_root, classes=recipe.classes, train=recipe.train_per_class,
+                test=recipe.test_per_class, size=recipe.size, seed=seed, clutter=recipe.clutter,
+                scale=recipe.scale, class_colours=True, progress=progress))
+        data_desc = (f"synthetic (make-synthetic --classes {recipe.classes} --train {recipe.train_per_class} "
+                     f"--test {recipe.test_per_class} --size {recipe.size} --clutter {recipe.clutter} "
+                     f"--scale {recipe.scale[0]} {recipe.scale[1]} --class-colours --seed {seed})")
+    else:
+        data_root = Path(data_path)
+        data_desc = f"user data set at {data_root}"
+    data = load_dataset(data_root)
+    if "test" not in data.splits:
+        from .errors import DataError
+
+        raise DataError(f"{data_root}: the demo needs a data set with train and test splits (CUB layout)")
+    train_all = data.split("train")
+    train, heldout = heldout_split(train_all, recipe.heldout_per_class, seed)
+    test = data.split("test")
+    _log(f"data: {data.name} ({data_desc}): {len(data.classes)} classes, "
+         f"{len(train)} train + {len(heldout)} held-out + {len(test)} test images")
+
+    # -- backbone (stand-in for the pretrained ViT; class labels only) ---------------------
+    from .engine.pretrain import PretrainConfig, pretrain_backbone
+
+    bb_dir = out / "backbone"
+    weights = bb_dir / "backbone.safetensors"
+    pre = {}
+    if not weights.exists():
+        pcfg = PretrainConfig(backbone=recipe.backbone, backbone_kwargs=dict(recipe.backbone_kwargs),
+                              epochs=recipe.pretrain_epochs, lr=recipe.pretrain_lr,
+                              batch_size=recipe.batch_size, workers=0, device=device, seed=seed)
+        pre = timer.run("backbone", lambda: pretrain_backbone(
+            train, heldout, len(data.classes), pcfg, bb_dir, progress=progress, log=_log))
+
+    # -- stage 1: masks -------------------------------------------------------------------
+    from .masks.grabcut import GrabCutMasker
+    from .masks.runner import generate_masks
+    from .masks.store import MaskStore
+    from .models.backbone import build_backbone
+
+    backbone = build_backbone(recipe.backbone, weights, **recipe.backbone_kwargs)
+    store = MaskStore(out / "masks")
+    masker = GrabCutMasker(iterations=recipe.grabcut_iterations, seed=seed)
+    mstats = timer.run("masks", lambda: generate_masks(
+        list(train_all) + list(test), backbone, store, masker, batch_size=recipe.batch_size,
+        workers=recipe.mask_workers, shard=(0, 1), device=device or "cpu", progress=progress))
+
+    # -- stage 2: generator ---------------------------------------------------------------
+    from .engine.config import ClassifierTrainConfig, GeneratorTrainConfig
+    from .engine.train_classifier import train_classifier
+    from .engine.train_generator import train_generator
+
+    common = dict(data_path=str(data_root), backbone=recipe.backbone, backbone_kwargs=dict(recipe.backbone_kwargs),
+                  weights=str(weights), masks=str(store.root), batch_size=recipe.batch_size,
+                  workers=0, device=device, seed=seed, val_split="heldout",
+                  heldout_per_class=recipe.heldout_per_class)
+    gen_out = out / "generator"
+    gcfg = GeneratorTrainConfig(out=str(gen_out), epochs=recipe.generator_epochs, lr=recipe.generator_lr,
+                                generator=recipe.generator, cache_views=recipe.cache_views,
+                                val_thresholds=list(recipe.thresholds), **common)
+    gsum = timer.run("generator", lambda: train_generator(
+        gcfg, resume="auto", log=_log, progress=progress))
+
+    # -- stage 3: classifier --------------------------------------------------------------
+    cls_out = out / "classifier"
+    ccfg = ClassifierTrainConfig(out=str(cls_out), epochs=recipe.classifier_epochs, lr=recipe.classifier_lr,
+                                 warmup_epochs=1, generator_dir=str(gen_out / "model"), **common)
+    csum = timer.run("classifier", lambda: train_classifier(
+        ccfg, resume="auto", log=_log, progress=progress))
+    model_dir = Path(csum["model_dir"])
+
+    # -- stage 4: evaluation with baselines -------------------------------------------------
+    result = timer.run("evaluate", lambda: evaluate_with_baselines(
+        model_dir, heldout, test, store, recipe.thresholds, device=device, progress=progress))
+    metrics = result["metrics"]
+    metrics["data"] = {"description": data_desc, "root": str(data_root), "classes": len(data.classes),
+                       "train": len(train), "heldout": len(heldout), "test": len(test)}
+    metrics["model_dir"] = str(model_dir)
+    metrics["recipe"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(recipe).items()}
+    metrics["masks"] = mstats.to_dict()
+    metrics["training"] = {
+        "backbone_val_top1": pre.get("val_top1"),
+        "generator_best_gt_known_heldout": gsum.get("best_metric"),
+        "classifier_best_top1_heldout": csum.get("best_metric"),
+    }
+    metrics["timings_s"] = {**timer.stages, "total": round(time.perf_counter() - t_start, 1)}
+    write_json(out / "metrics.json", metrics)
+    from .report import write_report
+
+    report = write_report(out, metrics, result["gallery"], curves={
+        "backbone": out / "backbone" / "run" / "metrics.jsonl",
+        "generator": gen_out / "metrics.jsonl",
+        "classifier": cls_out / "metrics.jsonl",
+    })
+    metrics["report"] = str(report)
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------
+# Evaluation of the model and the baselines on the same images
+
+
+def _mask_in_crop(mask: np.ndarray, resize: int, crop: int) -> np.ndarray:
+    """A full-image mask through the eval geometry (resize short side, centre crop)."""
+    import cv2
+
+    from .data.transforms import crop_offset, resized_size
+
+    h, w = mask.shape
+    rw, rh = resized_size((w, h), resize)
+    m = cv2.resize(mask.astype(np.float32), (rw, rh), interpolation=cv2.INTER_NEAREST)
+    ox, oy = crop_offset((rw, rh), crop)
+    return m[oy : oy + crop, ox : ox + crop]
+
+
+def _centre_boxes(fractions: Sequence[float], crop: int) -> list[np.ndarray]:
+    out = []
+    for f in fractions:
+        a = crop * (1 - f) / 2
+        out.append(np.array([a, a, crop - a, crop - a]))
+    return out
+
+
+def _infer(model_dir: Path, samples: Sequence[Sample], store: Any, device: str | None, progress: bool) -> dict:
+    """One pass: logits, generator maps, CLS attention, GrabCut masks (in crop geometry)."""
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from .api import default_device
+    from .data.datasets import WSOLDataset, collate_wsol
+    from .data.transforms import EvalTransform
+    from .engine.train_generator import nan_padded_to_list
+    from .models.checkpoint import load_model_dir
+
+    dev = torch.device(device) if device else default_device()
+    model, cfg = load_model_dir(model_dir, device=dev)
+    inp, norm = cfg["input"], cfg["normalization"]
+    tf = EvalTransform(resize=inp["resize"], crop=inp["crop"], mean=norm["mean"], std=norm["std"], box_mapping="exact")
+    loader = DataLoader(WSOLDataset(list(samples), tf), batch_size=64, shuffle=False, num_workers=0,
+                        collate_fn=collate_wsol)
+    logits, maps, att, gts, idx = [], [], [], [], []
+    grid = model.backbone.grid_size
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc="infer", disable=not progress, leave=False):
+            o = model(batch["image"].to(dev), with_attention=True)
+            logits.append(o["logits"].float().cpu())
+            maps.append(o["maps"].float()[:, 0].cpu())
+            att.append(o["attention"].float().mean(1).reshape(-1, *grid).cpu())
+            gts.extend(nan_padded_to_list(batch["boxes"]))
+            idx.extend(int(i) for i in batch["index"])
+    grabcut = np.stack([_mask_in_crop(store.read(samples[i].relpath), inp["resize"], inp["crop"]) for i in idx])
+    return {
+        "logits": torch.cat(logits), "maps": torch.cat(maps).numpy(), "attention": torch.cat(att).numpy(),
+        "grabcut": grabcut, "gt": gts, "crop": inp["crop"], "transform": tf, "config": cfg,
+    }
+
+
+def _sweep(maps: np.ndarray, gts: list, logits: torch.Tensor, labels: np.ndarray, thresholds: Sequence[float],
+           crop: int, with_mba: bool = True) -> Any:
+    from .metrics import LocalizationAccumulator, MaxBoxAccV2Accumulator
+
+    mba = MaxBoxAccV2Accumulator(size=crop) if with_mba else None
+    acc = LocalizationAccumulator(list(thresholds), size=crop, maxboxacc_v2=mba)
+    acc.update(maps, gts, logits, labels)
+    return acc
+
+
+def _fixed_boxes_metrics(boxes: np.ndarray, gts: list, logits: torch.Tensor, labels: np.ndarray) -> dict:
+    from .metrics import box_iou
+
+    ious = np.array([box_iou(b[None], g).max() if len(g) else 0.0 for b, g in zip(boxes, gts)])
+    top = logits.topk(min(5, logits.shape[1]), 1).indices.numpy()
+    ok = ious >= 0.5
+    t1 = top[:, 0] == labels
+    t5 = (top == labels[:, None]).any(1)
+    n = len(ious)
+    return {"gt_known_loc": 100.0 * ok.sum() / n, "top1_loc": 100.0 * (ok & t1).sum() / n,
+            "top5_loc": 100.0 * (ok & t5).sum() / n}
+
+
+def evaluate_with_baselines(
+    model_dir: Path, heldout: Sequence[Sample], test: Sequence[Sample], store: Any,
+    thresholds: Sequence[float], device: str | None = None, progress: bool = True,
+) -> dict[str, Any]:
+    """Metrics (the ``locloc evaluate`` schema) of the model and the baselines on ``test``,
+    every threshold chosen on ``heldout``; plus what the report's gallery needs."""
+    from .metrics import heldout_protocol
+
+    H = _infer(model_dir, heldout, store, device, progress)
+    T = _infer(model_dir, test, store, device, progress)
+    crop = T["crop"]
+    lab_h = np.array([s.label for s in heldout])
+    lab_t = np.array([s.label for s in test])
+
+    # the GEG generator (the model)
+    acc_h = _sweep(H["maps"], H["gt"], H["logits"], lab_h, thresholds, crop, with_mba=False)
+    acc_t = _sweep(T["maps"], T["gt"], T["logits"], lab_t, thresholds, crop)
+    res_t = acc_t.compute()
+    proto = heldout_protocol(acc_h.compute(), acc_t)
+    chosen = proto["threshold"]
+    per = [{k: r[k] for k in ("threshold", "gt_known_loc", "top1_loc", "top5_loc")} for r in res_t["per_threshold"]]
+    mba = res_t["maxboxacc_v2"]
+    metrics: dict[str, Any] = {
+        "top1_cls": res_t["top1_cls"], "top5_cls": res_t["top5_cls"],
+        "maxboxacc_v2": mba["maxboxacc_v2"], "maxboxacc_v2_per_iou": mba["per_iou"],
+        "best": dict(proto["test_at_heldout_threshold"]),
+        "best_selection": "threshold chosen on the held-out split (max GT-known Loc there)",
+        "test_sweep_best_optimistic": proto["test_sweep_best_optimistic"],
+        "heldout_at_threshold": proto["heldout"],
+        "per_threshold": per,
+        "num_images": len(test), "num_classes": int(T["logits"].shape[1]),
+        "thresholds": list(thresholds), "box_mapping": "exact", "gt_boxes": "all",
+    }
+    baselines: dict[str, Any] = {}
+    # GEG generator, as a baseline row for the table
+    baselines["geg_generator"] = {**proto["test_at_heldout_threshold"], "maxboxacc_v2": mba["maxboxacc_v2"]}
+    # raw thresholded CLS attention (TS-CAM style)
+    ah = _sweep(H["attention"], H["gt"], H["logits"], lab_h, thresholds, crop, with_mba=False)
+    at = _sweep(T["attention"], T["gt"], T["logits"], lab_t, thresholds, crop)
+    p = heldout_protocol(ah.compute(), at)
+    baselines["raw_attention"] = {**p["test_at_heldout_threshold"], "maxboxacc_v2": at.compute()["maxboxacc_v2"]["maxboxacc_v2"]}
+    # GrabCut masks directly (binary maps: any threshold below 1 gives the same box)
+    gt_ = _sweep(T["grabcut"], T["gt"], T["logits"], lab_t, [0.5], crop, with_mba=False)
+    baselines["grabcut_masks"] = {**gt_.compute()["per_threshold"][0], "threshold": None}
+    # constant centre box, its size chosen on the held-out split
+    fr = [round(f, 2) for f in np.arange(0.3, 1.01, 0.05)]
+    cands = _centre_boxes(fr, crop)
+    held = [_fixed_boxes_metrics(np.repeat(b[None], len(heldout), 0), H["gt"], H["logits"], lab_h)["gt_known_loc"] for b in cands]
+    k = int(np.argmax(held))
+    cb = _fixed_boxes_metrics(np.repeat(cands[k][None], len(test), 0), T["gt"], T["logits"], lab_t)
+    baselines["centre_box"] = {"threshold": None, "side_fraction": fr[k], **cb}
+    metrics["baselines"] = baselines
+
+    # per-image data for the report's gallery
+    boxes_t, ious_t = acc_t.per_image(chosen)
+    top1 = T["logits"].argmax(1).numpy()
+    gallery = {
+        "samples": list(test), "boxes_crop": boxes_t, "ious": ious_t, "top1": top1, "labels": lab_t,
+        "maps": T["maps"], "transform": T["transform"], "class_names": T["config"].get("class_names", []),
+        "threshold_curve": {
+            "GEG generator (test)": ([r["threshold"] for r in per], [r["gt_known_loc"] for r in per]),
+            "GEG generator (held-out)": ([r["threshold"] for r in acc_h.compute()["per_threshold"]],
+                                         [r["gt_known_loc"] for r in acc_h.compute()["per_threshold"]]),
+            "raw attention (test)": ([r["threshold"] for r in at.compute()["per_threshold"]],
+                                     [r["gt_known_loc"] for r in at.compute()["per_threshold"]]),
+        },
+        "chosen_threshold": chosen,
+    }
+    return {"metrics": metrics, "gallery": gallery}
+
+
+def format_demo_table(metrics: dict[str, Any]) -> str:
+    """The table ``locloc demo`` prints at the end."""
+    b = metrics["baselines"]
+    rows = [
+        ("centre box", b["centre_box"]),
+        ("raw attention (TS-CAM style)", b["raw_attention"]),
+        ("GrabCut masks directly", b["grabcut_masks"]),
+        ("LocLoc (GEG generator + LFDM)", {**metrics["best"], "maxboxacc_v2": metrics["maxboxacc_v2"]}),
+    ]
+    lines = [f"{'method':32} {'GT-known':>8} {'Top-1 Loc':>9} {'Top-5 Loc':>9} {'MaxBoxAccV2':>11} {'thr':>5}"]
+    for name, r in rows:
+        mba = r.get("maxboxacc_v2")
+        thr = r.get("threshold")
+        lines.append(
+            f"{name:32} {r['gt_known_loc']:8.2f} {r['top1_loc']:9.2f} {r['top5_loc']:9.2f} "
+            f"{(f'{mba:11.2f}' if mba is not None else f'{chr(45):>11}')} {(f'{thr:5.2f}' if thr is not None else f'{chr(45):>5}')}"
+        )
+    lines.append(f"Top-1 Cls {metrics['top1_cls']:.2f}   Top-5 Cls {metrics['top5_cls']:.2f}   "
+                 f"(test split, {metrics['num_images']} images; box threshold chosen on the held-out split)")
+    opt = metrics["test_sweep_best_optimistic"]
+    lines.append(f"test-sweep best (optimistic, chosen on test): threshold {opt['threshold']:.2f}, "
+                 f"GT-known {opt['gt_known_loc']:.2f}, Top-1 Loc {opt['top1_loc']:.2f}")
+    return "\n".join(lines)
+
+
+def load_metrics(path: str | Path) -> dict[str, Any]:
+    """Read a ``metrics.json``."""
+    return json.loads(Path(path).read_text())
+
+
+__all__ = ["DemoRecipe", "evaluate_with_baselines", "format_demo_table", "run_demo"]

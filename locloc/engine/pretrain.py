@@ -1,0 +1,142 @@
+"""Supervised training of a small ViT on class labels: the embedded default's backbone.
+
+No pretrained weights can be downloaded on the machines LocLoc must run on, so the demo (and
+anyone with a small data set and no checkpoint) first trains a small timm ViT to classify the
+training images, then freezes it and uses it exactly like DeiT-S: its CLS attention seeds the
+GrabCut masks, its tokens feed the generator and the classifier. Only image-level labels are
+used, so the weak-supervision contract holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from ..data.records import Sample
+from ..models import zoo  # noqa: F401  (registers the demo ViTs with timm)
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..fileio import atomic_save, open_image, write_json
+from .config import TrainConfig
+from .trainer import Trainer
+
+# A small conv-stem ViT with the reference's 14 x 14 patch grid (see locloc.models.zoo).
+DEMO_BACKBONE = "locloc_vit_tiny_cs8"
+DEMO_BACKBONE_KWARGS: dict[str, Any] = {}
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    """Backbone pre-training on labels: AdamW, cosine with warm-up, label smoothing."""
+
+    backbone: str = DEMO_BACKBONE
+    backbone_kwargs: dict[str, Any] = field(default_factory=lambda: dict(DEMO_BACKBONE_KWARGS))
+    epochs: int = 30
+    batch_size: int = 32
+    base_lr: float = 5e-4
+    lr: float | None = 5e-4  # fixed, not scaled by batch: small-data recipe
+    warmup_epochs: int = 2
+    sched: str = "cosine"
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    val_split: str = "test"
+
+
+class _LabelledImages(Dataset):
+    """(image tensor, label) pairs with a train or eval transform."""
+
+    def __init__(self, samples: Sequence[Sample], transform: Any) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        s = self.samples[i]
+        return self.transform(open_image(s.path)), s.label
+
+
+def _transforms(size: int, mean: Sequence[float], std: Sequence[float]) -> tuple[Any, Any]:
+    train = v2.Compose([
+        v2.ToImage(),
+        v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.ColorJitter(0.3, 0.3, 0.3, 0.05),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean, std),
+    ])
+    test = v2.Compose([
+        v2.ToImage(),
+        v2.Resize((size, size), antialias=True),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean, std),
+    ])
+    return train, test
+
+
+def pretrain_backbone(
+    train: Sequence[Sample],
+    val: Sequence[Sample],
+    num_classes: int,
+    cfg: PretrainConfig,
+    out_dir: str | Path,
+    *,
+    progress: bool = True,
+    log: Any = None,
+) -> dict[str, Any]:
+    """Train ``cfg.backbone`` (timm, random init) to classify ``train``; freeze-ready weights.
+
+    Writes ``out_dir/backbone.safetensors`` (the ViT without its head, loadable by
+    :func:`locloc.models.backbone.build_backbone` with the same kwargs), ``backbone.json``
+    (name + kwargs) and the training run (``metrics.jsonl``, checkpoints). Returns the
+    trainer's summary with ``weights`` and ``val_top1`` added.
+    """
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    torch.manual_seed(cfg.seed)
+    vit = timm.create_model(cfg.backbone, pretrained=False, num_classes=num_classes, **cfg.backbone_kwargs)
+    size = int(vit.patch_embed.img_size[0])
+    train_tf, test_tf = _transforms(size, IMAGENET_MEAN, IMAGENET_STD)
+    val_loader = DataLoader(_LabelledImages(val, test_tf), batch_size=64, shuffle=False, num_workers=0)
+
+    def step(model: nn.Module, batch: Any) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
+
+    def validate(model: nn.Module) -> dict[str, float]:
+        correct = total = 0
+        for x, y in val_loader:
+            pred = model(x.to(trainer.device)).argmax(1).cpu()
+            correct += int((pred == y).sum())
+            total += len(y)
+        return {"val_top1": 100.0 * correct / max(total, 1)}
+
+    trainer = Trainer(
+        vit, _LabelledImages(train, train_tf), step, cfg, out_dir / "run",
+        validate_fn=validate if len(val) else None, metric="val_top1" if len(val) else None,
+        progress=progress, log=log,
+    )
+    summary = trainer.fit(resume="auto" if (out_dir / "run" / "last.pt").exists() else None)
+    sd = {k: v.detach().cpu().contiguous() for k, v in vit.state_dict().items() if not k.startswith("head.")}
+    weights = out_dir / "backbone.safetensors"
+    atomic_save(weights, lambda p: save_file(sd, p, metadata={"timm_name": cfg.backbone}))
+    write_json(out_dir / "backbone.json", {"name": cfg.backbone, "kwargs": cfg.backbone_kwargs})
+    summary["weights"] = str(weights)
+    summary["val_top1"] = summary["last"].get("val_top1")
+    return summary
+
+
+def labels_of(samples: Sequence[Sample]) -> np.ndarray:
+    """The labels of ``samples`` as an int array."""
+    return np.array([s.label for s in samples], dtype=np.int64)
