@@ -1,0 +1,56 @@
+"""``locloc demo --quick`` end to end: report, metrics schema, and better than chance."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from locloc.cli import main
+
+pytestmark = pytest.mark.slow  # about a minute on 2 CPU cores
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--quick", "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    return out
+
+
+def test_demo_writes_report_and_metrics(demo_dir):
+    report = (demo_dir / "report.html").read_text()
+    for png in ("gallery_random.png", "gallery_worst.png", "threshold_curve.png", "curve_generator_loss.png"):
+        assert (demo_dir / "report_files" / png).stat().st_size > 1000
+        assert f"report_files/{png}" in report
+    m = json.loads((demo_dir / "metrics.json").read_text())
+    for key in ("top1_cls", "top5_cls", "maxboxacc_v2", "best", "per_threshold", "baselines"):
+        assert key in m
+    assert set(m["best"]) >= {"threshold", "gt_known_loc", "top1_loc", "top5_loc"}
+    assert set(m["baselines"]) == {"centre_box", "raw_attention", "grabcut_masks", "geg_generator"}
+    assert m["best"]["threshold"] in m["thresholds"]
+
+
+def test_demo_beats_chance(demo_dir):
+    m = json.loads((demo_dir / "metrics.json").read_text())
+    chance = 100.0 / m["data"]["classes"]
+    assert m["top1_cls"] > chance + 10
+    assert m["top5_cls"] >= m["top1_cls"]
+    # a random box rarely has IoU >= 0.5; every localizer here must do clearly better
+    assert m["best"]["gt_known_loc"] > 20
+    assert m["baselines"]["grabcut_masks"]["gt_known_loc"] > 20
+
+
+def test_demo_model_dir_works_with_predict_and_evaluate(demo_dir, tmp_path, capsys):
+    m = json.loads((demo_dir / "metrics.json").read_text())
+    model_dir = m["model_dir"]
+    img = next((demo_dir / "data" / "images").rglob("*.png"))
+    assert main(["predict", str(img), "--model-dir", model_dir, "--out", str(tmp_path / "p.jsonl"),
+                 "--device", "cpu"]) == 0
+    row = json.loads((tmp_path / "p.jsonl").read_text().splitlines()[0])
+    assert len(row["box"]) == 4 and row["class_name"]
+    assert main(["evaluate", "--model-dir", model_dir, "--data-path", str(demo_dir / "data"),
+                 "--workers", "0", "--device", "cpu", "--out", str(tmp_path / "ev")]) == 0
+    ev = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert ev["num_images"] == m["num_images"]
+    assert ev["top1_cls"] == pytest.approx(m["top1_cls"], abs=1e-6)
