@@ -196,6 +196,25 @@ def _check_same_backbone(generator_dir: Path, backbone: Any) -> None:
         )
 
 
+def _safe_posterize(img: Any, bits_to_keep: int, **kw: Any) -> Any:
+    """timm's posterize with the bit count clamped to >= 1 (Pillow >= 12 refuses 0, which
+    RandAugment's magnitude noise can produce)."""
+    from timm.data import auto_augment
+
+    return auto_augment.posterize(img, max(1, int(bits_to_keep)), **kw)
+
+
+def _guard_posterize(transform: Any) -> None:
+    """Swap the posterize ops of any timm RandAugment inside ``transform`` for the safe one."""
+    from timm.data.auto_augment import RandAugment
+
+    for t in getattr(transform, "transforms", []):
+        if isinstance(t, RandAugment):
+            for op in t.ops:
+                if "Posterize" in op.name:
+                    op.aug_fn = _safe_posterize
+
+
 def train_classifier(
     cfg: ClassifierTrainConfig,
     resume: str | None = None,
@@ -224,6 +243,7 @@ def train_classifier(
         mean=setup.mean,
         std=setup.std,
     )
+    _guard_posterize(tf)
     train_set = LocalGuideSet(setup.train, setup.store, tf, cfg.masked_size, cfg.mask_threshold,
                               cfg.local_guide, cfg.guide_beta)
     num_classes = setup.dataset.num_classes
@@ -249,6 +269,7 @@ def train_classifier(
         if cfg.generator_dir is not None:
             summary["model_dir"] = str(merge_model_dir(cfg.generator_dir, out, out / "model"))
     summary["classifier"] = str(out / CLASSIFIER_FILE)
+    summary["skipped_images"] = list(setup.skipped)
     return summary
 
 
