@@ -29,7 +29,7 @@ def disc_case(seed: int = 0, h: int = 120, w: int = 144):
 def test_trimap_fraction_rule_on_hand_built_attention():
     att = np.zeros((4, 4), np.float32)
     att[1, 1], att[1, 2], att[2, 1] = 1.0, 0.5, 0.3  # normalised: 1.0, 0.5, 0.3, rest 0
-    m = GrabCutMasker(TrimapConfig(fg_frac=0.6, bg_frac=0.2, border_frac=0.0), work_size=None)
+    m = GrabCutMasker(TrimapConfig(fg_frac=0.6, bg_frac=0.2, mid_frac=0.4, border_frac=0.0), work_size=None)
     # 4x4 image: no upsampling beyond identity, so labels follow the cell values exactly.
     t = m.trimap((4, 4, 3), att)
     assert t[1, 1] == cv2.GC_FGD
@@ -52,7 +52,7 @@ def test_trimap_border_band_is_sure_background():
 
 def test_trimap_quantile_rule():
     att = np.arange(100, dtype=np.float32).reshape(10, 10)
-    m = GrabCutMasker(TrimapConfig(rule="quantile", fg_frac=0.9, bg_frac=0.5, border_frac=0.0))
+    m = GrabCutMasker(TrimapConfig(rule="quantile", fg_frac=0.9, bg_frac=0.5, mid_frac=0.7, border_frac=0.0))
     t = m.trimap((10, 10), att)
     assert (t == cv2.GC_FGD).sum() == 10  # top 10 % of pixels
     assert (t == cv2.GC_BGD).sum() == 50  # values <= the median (49.5)
