@@ -49,8 +49,14 @@ def _tiles(g: dict[str, Any], order: np.ndarray, limit: int) -> list[np.ndarray]
         pred = int(g["top1"][i])
         name = names[pred].split(".", 1)[-1] if pred < len(names) else str(pred)
         ok = "ok" if pred == g["labels"][i] else "wrong"
-        cap = f"IoU {g['ious'][i]:.2f} | {name} ({ok})"
-        tiles.append(overlay(np.asarray(img), heat, [box], s.boxes, label=cap))
+        cap = f"IoU {g['ious'][i]:.2f} {name} ({ok})"
+        arr, gt = np.asarray(img), np.asarray(s.boxes, dtype=np.float64)
+        k = 224 / max(w, h)
+        if k > 1:  # draw at gallery size so captions and lines stay legible
+            arr = cv2.resize(arr, (round(w * k), round(h * k)), interpolation=cv2.INTER_LINEAR)
+            heat = cv2.resize(heat, (arr.shape[1], arr.shape[0]))
+            box, gt = box * k, gt * k
+        tiles.append(overlay(arr, heat, [box], gt, label=cap))
     return tiles
 
 
