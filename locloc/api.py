@@ -49,7 +49,8 @@ class LocLoc:
     ``view="full"`` resizes the whole image to the model's input size (every part of the
     image is seen; this is also how the generator was trained: square resize then crop);
     ``view="crop"`` uses the evaluation transform (resize shorter side, centre crop), whose
-    boxes cannot leave the centre crop.
+    boxes cannot leave the centre crop. ``amp_dtype`` (e.g. ``torch.bfloat16``) runs the
+    networks under autocast; ``boxes_only`` skips the classifier (class fields are None).
     """
 
     def __init__(
@@ -60,6 +61,7 @@ class LocLoc:
         view: str = "full",
         threshold: float | None = None,
         amp_dtype: torch.dtype | None = None,
+        boxes_only: bool = False,
     ) -> None:
         if view not in ("full", "crop"):
             raise ValueError(f"view must be 'full' or 'crop', got {view!r}")
@@ -77,6 +79,7 @@ class LocLoc:
         self.threshold = float(threshold if threshold is not None else th.get("default", 0.5))
         self.class_names: list[str] = list(config.get("class_names") or [])
         self.amp_dtype = amp_dtype
+        self.boxes_only = bool(boxes_only)  # skip the classifier: predictions carry no class
         self._eval_tf = EvalTransform(
             resize=self.resize, crop=self.crop, mean=tuple(self.mean.flatten().tolist()),
             std=tuple(self.std.flatten().tolist()),
@@ -140,11 +143,9 @@ class LocLoc:
                 paths.append(None)
                 pils.append(im.convert("RGB"))
         x = torch.stack([self._prepare(im) for im in pils]).to(self.device)
-        if self.amp_dtype is not None:
-            with torch.autocast(self.device.type, dtype=self.amp_dtype):
-                out = self.model(x)
-        else:
-            out = self.model(x)
+        kw = {"boxes_only": True} if self.boxes_only else {}
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            out = self.model(x, **kw)
         maps = out["maps"].float()[:, 0].cpu().numpy()
         cams = normalize_map(maps, size=self.crop)
         logits = out.get("logits")

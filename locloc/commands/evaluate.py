@@ -30,12 +30,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2, help="data-loading processes")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when present)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (fast mode; not bit-exact)")
+    p.add_argument("--boxes-only", action="store_true",
+                   help="skip the classifier (fast mode): boxes only, no class or Top-k Loc metrics")
     p.add_argument("--box-mapping", choices=("reference", "exact"), default="reference",
                    help="GT box mapping through resize+crop: the reference's integer arithmetic or exact")
     p.add_argument("--first-box-only", action="store_true",
                    help="score against the first GT box only (the reference's ILSVRC protocol)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--metric-workers", type=int, default=1, help="processes for box extraction")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip (and count) unreadable images instead of stopping at the first one")
     ref = p.add_argument_group("reference release flags (main_eval.py compatible)")
     ref.add_argument("--model", default=None, help="reference model name (deit_small_lctr)")
     ref.add_argument("--data-set", default=None, choices=("CUB", "IMNET", "ILSVRC"), help="reference data set name")
@@ -73,9 +77,10 @@ def run(args: argparse.Namespace) -> int:
 
     from ..api import default_device
     from ..data import load_dataset
+    from ..data.datasets import check_images, skipped_message, worker_errors
     from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
     from ..engine.evaluate import evaluate, format_reference, format_table, write_results
-    from ..errors import ConfigError
+    from ..errors import ConfigError, DataError
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -87,6 +92,11 @@ def run(args: argparse.Namespace) -> int:
     samples = data.split(split)
     if args.limit:
         samples = samples[: args.limit]
+    skipped: list[str] = []
+    if args.skip_bad:
+        samples, skipped = check_images(samples, workers=max(1, args.workers))
+        if not samples:
+            raise DataError(f"{args.data_path}: no readable images in split {split!r} ({skipped_message(skipped)})")
     model, config = _load_model(args)
     inp = config.get("input", {})
     crop = int(inp.get("crop", getattr(model.backbone, "img_size", (224, 224))[0]))
@@ -102,17 +112,25 @@ def run(args: argparse.Namespace) -> int:
     class_names = config.get("class_names") or data.classes
     device = torch.device(args.device) if args.device else default_device()
     print(f"evaluating {len(samples)} images of {data.name} ({split}) on {device}", file=sys.stderr)
-    result = evaluate(
-        model, samples, transform=transform, thresholds=thresholds, device=device,
-        batch_size=args.batch_size, workers=args.workers, first_box_only=args.first_box_only,
-        amp_dtype=torch.bfloat16 if args.bf16 else None, class_names=class_names,
-        metric_workers=args.metric_workers,
-    )
-    result.metrics.update(data_path=str(Path(args.data_path)), split=split)
+    with worker_errors():
+        result = evaluate(
+            model, samples, transform=transform, thresholds=thresholds, device=device,
+            batch_size=args.batch_size, workers=args.workers, first_box_only=args.first_box_only,
+            amp_dtype=torch.bfloat16 if args.bf16 else None, class_names=class_names,
+            metric_workers=args.metric_workers, boxes_only=args.boxes_only,
+        )
+    result.metrics.update(data_path=str(Path(args.data_path)), split=split, skipped_images=len(skipped))
     if args.model is not None:  # the reference's flags: its printout too
         print(format_reference(result.metrics))
     print(format_table(result.metrics))
     if args.out:
-        m, c = write_results(result, args.out)
+        try:
+            m, c = write_results(result, args.out)
+        except OSError as e:  # disk full, permissions, --out names a file: nothing half-written
+            raise DataError(
+                f"{args.out}: cannot write metrics.json and per_image.csv here ({e.strerror or e})"
+            ) from None
         print(f"wrote {m} and {c}", file=sys.stderr)
+    if skipped:
+        print(skipped_message(skipped), file=sys.stderr)
     return 0

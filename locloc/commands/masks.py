@@ -44,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--import-h5", default=None, metavar="FILE",
                    help="import a reference release .h5 mask file (masks in split order) instead of generating")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip (and count) unreadable images instead of stopping at the first one")
 
 
 def _splits(dataset, split: str) -> list[tuple[str, list]]:
@@ -96,6 +98,7 @@ def _device(name: str):
 
 def run(args: argparse.Namespace) -> int:
     from ..data import load_dataset
+    from ..data.datasets import skipped_message
     from ..errors import ConfigError
     from ..masks.grabcut import GrabCutMasker, TrimapConfig
     from ..masks.quality import format_report, quality_report, write_report
@@ -104,11 +107,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.workers < 0 or args.batch_size < 1:
         raise ConfigError("--workers must be >= 0 and --batch-size >= 1")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"{args.out}: --out must be a mask store directory, found a file")
     shard = parse_shard(args.shard) if args.shard is not None else None
     dataset = load_dataset(args.data_path)
     splits = _splits(dataset, args.split)
     store = MaskStore(args.out)
     out = Path(args.out)
+    unreadable: list[str] = []
 
     if args.import_h5:
         if len(splits) != 1:
@@ -130,8 +136,9 @@ def run(args: argparse.Namespace) -> int:
         for name, samples in splits:
             stats = generate_masks(
                 samples, backbone, store, masker, batch_size=args.batch_size, workers=args.workers,
-                shard=shard, device=device, progress=not args.no_progress,
+                shard=shard, device=device, progress=not args.no_progress, skip_bad=args.skip_bad,
             )
+            unreadable += stats.unreadable
             summary["splits"][name] = stats.to_dict()
             fb = sum(stats.fallbacks.values())
             print(
@@ -143,6 +150,9 @@ def run(args: argparse.Namespace) -> int:
         from ..fileio import write_json
 
         write_json(out / (f"run_stats.shard{i}of{n}.json" if n > 1 else "run_stats.json"), summary)
+        if unreadable:
+            # the report and the HDF5 pack cover the images that have a mask
+            splits = [(name, [s for s in ss if store.has(s.relpath)]) for name, ss in splits]
 
     if args.report:
         backbone = None if args.import_h5 else backbone
@@ -160,4 +170,6 @@ def run(args: argparse.Namespace) -> int:
         samples = [s for _, ss in splits for s in ss]
         pack_hdf5(store, samples, args.hdf5)
         print(f"packed {len(samples)} masks into {args.hdf5}")
+    if unreadable:
+        print(skipped_message(unreadable), file=sys.stderr)
     return 0

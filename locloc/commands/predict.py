@@ -22,6 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when present)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (faster on recent CPUs/GPUs)")
+    p.add_argument("--boxes-only", action="store_true",
+                   help="skip the classifier (fast mode): boxes only, no class")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         skipped += found.skipped
     model = LocLoc.from_pretrained(
         args.model_dir, device=args.device, view=args.view, threshold=args.threshold,
-        amp_dtype=torch.bfloat16 if args.bf16 else None,
+        amp_dtype=torch.bfloat16 if args.bf16 else None, boxes_only=args.boxes_only,
     )
     vis_dir = Path(args.save_vis) if args.save_vis else None
     lines = []

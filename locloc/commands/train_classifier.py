@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 NAME = "train-classifier"
 HELP = "train the classifier (LFDM) on masked images with local-area guides"
@@ -34,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..data.datasets import skipped_message, worker_errors
     from ..engine.config import ClassifierTrainConfig, config_from_args
     from ..engine.distributed import cleanup
     from ..engine.train_classifier import train_classifier
@@ -41,9 +43,12 @@ def run(args: argparse.Namespace) -> int:
     keys = tuple(key for _, key, _ in _EXTRA) + ("local_guide",)
     cfg = config_from_args(ClassifierTrainConfig, args, keys)
     try:
-        summary = train_classifier(cfg, resume=args.resume)
+        with worker_errors():
+            summary = train_classifier(cfg, resume=args.resume)
     finally:
         cleanup()
     where = summary.get("model_dir") or summary["classifier"]
     print(f"written to {where} (best top1_cls {summary['best_metric']})")
+    if summary.get("skipped_images"):
+        print(skipped_message(summary["skipped_images"]), file=sys.stderr)
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 NAME = "train-generator"
 HELP = "train the localization generator (GEG) on stage-1 masks"
@@ -29,14 +30,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..data.datasets import skipped_message, worker_errors
     from ..engine.config import GeneratorTrainConfig, config_from_args
     from ..engine.distributed import cleanup
     from ..engine.train_generator import train_generator
 
     cfg = config_from_args(GeneratorTrainConfig, args, tuple(key for _, key, _ in _EXTRA))
     try:
-        summary = train_generator(cfg, resume=args.resume)
+        with worker_errors():
+            summary = train_generator(cfg, resume=args.resume)
     finally:
         cleanup()
     print(f"model written to {summary['model_dir']} (best gt_known_loc {summary['best_metric']})")
+    if summary.get("skipped_images"):
+        print(skipped_message(summary["skipped_images"]), file=sys.stderr)
     return 0

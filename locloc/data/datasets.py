@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import re
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import LocLocError
 from ..fileio import open_image
 from .records import Sample
 from .transforms import EvalTransform
@@ -60,3 +64,67 @@ def collate_wsol(batch: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         "index": torch.tensor([item["index"] for item in batch], dtype=torch.long),
         "orig_size": torch.tensor([tuple(item["orig_size"]) for item in batch], dtype=torch.long),
     }
+
+
+def _read_error(sample: Sample) -> str | None:
+    try:
+        open_image(sample.path)
+    except LocLocError as e:
+        return str(e)
+    return None
+
+
+def check_images(samples: Sequence[Sample], workers: int = 4) -> tuple[list[Sample], list[str]]:
+    """Decode every image once: ``(readable samples, messages for the unreadable ones)``.
+
+    For ``--skip-bad``: a missing, empty, truncated or undecodable file, or one whose header
+    declares more than :data:`~locloc.fileio.MAX_IMAGE_PIXELS` pixels, is left out; each
+    message names the file and the reason. Both lists keep the input order.
+    """
+    samples = list(samples)
+    if workers > 1 and len(samples) > 1:
+        # PIL decoders release the GIL: threads are enough
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            errors = list(pool.map(_read_error, samples))
+    else:
+        errors = [_read_error(s) for s in samples]
+    good = [s for s, e in zip(samples, errors) if e is None]
+    bad = [e for e in errors if e is not None]
+    return good, bad
+
+
+def skipped_message(bad: Sequence[str]) -> str:
+    """``"skipped N unreadable image(s): first <path>: <reason>"`` (empty when none)."""
+    if not bad:
+        return ""
+    return f"skipped {len(bad)} unreadable image(s): first {bad[0]}"
+
+
+# torch re-raises an exception from a DataLoader worker as the same class, with the worker's
+# whole traceback as its message; the original one-line message is the traceback's last line.
+_WRAPPED = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.", re.S)
+
+
+def original_message(e: BaseException) -> str:
+    """The message of ``e`` without the DataLoader worker's traceback around it."""
+    text = str(e)
+    if not _WRAPPED.match(text):
+        return text
+    last = text.rstrip().splitlines()[-1]
+    name = type(e).__name__
+    for prefix in (f"{type(e).__module__}.{name}: ", f"{name}: "):
+        if last.startswith(prefix):
+            return last[len(prefix):]
+    return last
+
+
+@contextlib.contextmanager
+def worker_errors() -> Iterator[None]:
+    """Re-raise a :class:`LocLocError` from a DataLoader worker with its one-line message."""
+    try:
+        yield
+    except LocLocError as e:
+        msg = original_message(e)
+        if msg == str(e):
+            raise
+        raise type(e)(msg) from None

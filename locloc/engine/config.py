@@ -57,6 +57,7 @@ class TrainConfig:
     steps_per_epoch: int | None = None  # None: the whole training set each epoch
     checkpoint_every: int = 1
     sync_bn: bool = False  # SyncBatchNorm under DDP (CUDA only); else per-process BN statistics
+    skip_bad: bool = False  # leave out (and count) unreadable images instead of stopping
 
     def resolved_lr(self, world_size: int) -> float:
         """The absolute learning rate: ``lr`` if set, else ``base_lr * global batch / 512``."""
@@ -285,6 +286,8 @@ _COMMON_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("--val-split", "val_split", dict(choices=_CHOICES["val_split"])),
     ("--steps-per-epoch", "steps_per_epoch", dict(type=int, help="cap on steps per epoch")),
     ("--crop-size", "crop_size", dict(type=int, help="default: the backbone's input size")),
+    ("--skip-bad", "skip_bad", dict(action="store_const", const=True,
+                                    help="skip (and count) unreadable images instead of stopping at the first one")),
 ]
 
 

@@ -65,20 +65,24 @@ def evaluate(
     class_names: Sequence[str] | None = None,
     metric_workers: int = 1,
     progress: bool = True,
+    boxes_only: bool = False,
 ) -> EvalResult:
     """Evaluate ``model`` on ``samples`` (images with GT boxes and labels).
 
     ``thresholds`` is the box-threshold sweep of the reference rule (fractions of the map
     maximum). ``first_box_only`` reproduces the reference ILSVRC protocol (first GT box
     only); the default takes the best IoU over all GT boxes of an image. ``metric_workers``
-    processes extract boxes (contour search) beside the networks.
+    processes extract boxes (contour search) beside the networks. ``amp_dtype`` (e.g.
+    ``torch.bfloat16``) runs the networks under autocast; ``boxes_only`` skips the classifier,
+    so the classification and Top-k Loc metrics are None.
     """
     from tqdm import tqdm
 
     device = torch.device(device)
     model = model.to(device).eval()
     crop = transform.crop
-    has_classifier = model.classifier is not None
+    has_classifier = model.classifier is not None and not boxes_only
+    fwd_kwargs = {"boxes_only": True} if boxes_only else {}
     loader = DataLoader(
         WSOLDataset(list(samples), transform),
         batch_size=batch_size,
@@ -102,40 +106,39 @@ def evaluate(
         loc.update(maps, gts, top5, labels)  # also feeds MaxBoxAccV2 from the same contour search
 
     bar = tqdm(total=len(samples), desc="evaluate", unit="img", disable=not progress, dynamic_ncols=True)
-    with torch.inference_mode():
-        for batch in loader:
-            images = batch["image"].to(device, non_blocking=True)
-            if amp_dtype is not None:
-                with torch.autocast(device.type, dtype=amp_dtype):
-                    out = model(images)
-            else:
-                out = model(images)
-            maps = out["maps"].float()[:, 0]
-            top5 = None
-            if has_classifier:
-                k = min(5, out["logits"].shape[1])
-                top5 = out["logits"].float().topk(k, dim=1).indices.cpu().numpy()
-            maps_np = maps.cpu().numpy()
-            labels = batch["label"].numpy()
-            gts = _gt_list(batch["boxes"], first_box_only)
-            if pending is not None:
-                pending.result()
-            pending = pool.submit(consume, maps_np, top5, labels, gts)
-            for i in range(len(labels)):
-                rows.append(
-                    {
-                        "index": int(batch["index"][i]),
-                        "label": int(labels[i]),
-                        "top5": [int(c) for c in top5[i]] if top5 is not None else [],
-                    }
-                )
-            n += len(labels)
-            bar.update(len(labels))
-            bar.set_postfix(img_s=f"{n / (time.perf_counter() - t0):.1f}")
+    try:
+        with torch.inference_mode():
+            for batch in loader:
+                images = batch["image"].to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    out = model(images, **fwd_kwargs)
+                maps = out["maps"].float()[:, 0]
+                top5 = None
+                if has_classifier:
+                    k = min(5, out["logits"].shape[1])
+                    top5 = out["logits"].float().topk(k, dim=1).indices.cpu().numpy()
+                maps_np = maps.cpu().numpy()
+                labels = batch["label"].numpy()
+                gts = _gt_list(batch["boxes"], first_box_only)
+                if pending is not None:
+                    pending.result()
+                pending = pool.submit(consume, maps_np, top5, labels, gts)
+                for i in range(len(labels)):
+                    rows.append(
+                        {
+                            "index": int(batch["index"][i]),
+                            "label": int(labels[i]),
+                            "top5": [int(c) for c in top5[i]] if top5 is not None else [],
+                        }
+                    )
+                n += len(labels)
+                bar.update(len(labels))
+                bar.set_postfix(img_s=f"{n / (time.perf_counter() - t0):.1f}")
+    finally:  # a clean line for an error message
+        bar.close()
     if pending is not None:
         pending.result()
     pool.shutdown()
-    bar.close()
     seconds = time.perf_counter() - t0
 
     loc_res = loc.compute()
@@ -147,6 +150,8 @@ def evaluate(
         thresholds=[float(t) for t in thresholds],
         gt_boxes="first" if first_box_only else "all",
         box_mapping=transform.box_mapping,
+        boxes_only=bool(boxes_only),
+        amp_dtype=str(amp_dtype).replace("torch.", "") if amp_dtype is not None else None,
         seconds=round(seconds, 3),
         images_per_second=round(len(samples) / max(seconds, 1e-9), 2),
     )
@@ -156,7 +161,7 @@ def evaluate(
 
 def _metrics_dict(loc_res: dict, mba_res: dict, has_classifier: bool) -> dict[str, Any]:
     per = [
-        {k: float(r[k]) for k in ("threshold", "gt_known_loc", "top1_loc", "top5_loc")}
+        {k: None if r[k] is None else float(r[k]) for k in ("threshold", "gt_known_loc", "top1_loc", "top5_loc")}
         for r in loc_res["per_threshold"]
     ]
     best = dict(loc_res["best"])
@@ -193,9 +198,10 @@ def _fill_rows(
 
 
 def write_results(result: EvalResult, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``metrics.json`` and ``per_image.csv`` into ``out_dir`` (atomically)."""
+    """Write ``per_image.csv`` then ``metrics.json`` into ``out_dir``, each atomically."""
     out_dir = Path(out_dir)
-    write_json(out_dir / "metrics.json", result.metrics)
+    for stale in (*out_dir.glob(".per_image.csv.*.tmp"), *out_dir.glob(".metrics.json.*.tmp")):
+        stale.unlink(missing_ok=True)  # left by a run killed while writing
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["image_id", "relpath", "label", "top1", "top5", "x0", "y0", "x1", "y1", "iou"])
@@ -207,6 +213,7 @@ def write_results(result: EvalResult, out_dir: str | Path) -> tuple[Path, Path]:
         )
     with atomic_write(out_dir / "per_image.csv", "w") as f:
         f.write(buf.getvalue())
+    write_json(out_dir / "metrics.json", result.metrics)  # last: its presence means both are complete
     return out_dir / "metrics.json", out_dir / "per_image.csv"
 
 

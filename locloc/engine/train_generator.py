@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ class StageSetup:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     store: Any  # MaskStore / HDF5Store
+    skipped: list[str] = field(default_factory=list)  # unreadable images left out (skip_bad)
 
 
 def _require(cfg: TrainConfig, *keys: str) -> None:
@@ -88,6 +89,15 @@ def prepare_stage(cfg: TrainConfig, dist: DistInfo | None = None, log: Callable[
         train, val = heldout_split(train, cfg.heldout_per_class, cfg.seed)
     elif cfg.val_split == "test":
         val = list(ds.split("test"))
+    skipped: list[str] = []
+    if cfg.skip_bad:
+        from ..data.datasets import check_images, skipped_message
+
+        train, bad_train = check_images(train, workers=max(1, _workers(cfg)))
+        val, bad_val = check_images(val, workers=max(1, _workers(cfg)))
+        skipped = bad_train + bad_val
+        if not train:
+            raise DataError(f"{cfg.data_path}: no readable training images ({skipped_message(skipped)})")
     masks = Path(cfg.masks)
     if not masks.exists():
         raise DataError(f"{masks}: mask store not found; run `locloc masks --out {masks}` first")
@@ -109,6 +119,7 @@ def prepare_stage(cfg: TrainConfig, dist: DistInfo | None = None, log: Callable[
     return StageSetup(
         dist=dist, dataset=ds, train=train, val=val, backbone=backbone, crop=crop, resize=resize,
         mean=tuple(float(v) for v in dc["mean"]), std=tuple(float(v) for v in dc["std"]), store=store,
+        skipped=skipped,
     )
 
 
@@ -354,4 +365,5 @@ def train_generator(
             thr = {"default": float(last["best_threshold"]), "sweep": [float(t) for t in cfg.val_thresholds]}
         save_model_dir(model_dir, LocLocModel(bb.cpu(), None, final.cpu().eval()), model_dir_config(setup, thr))
     summary["model_dir"] = str(model_dir)
+    summary["skipped_images"] = list(setup.skipped)
     return summary

@@ -135,12 +135,29 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise CheckpointError(f"{path}: cannot read training checkpoint ({type(e).__name__}: {e})") from None
+        msg = str(e)
+        if "Unsupported global" in msg:
+            raise CheckpointError(
+                f"{path}: refused for safety: the file is a pickle that would import or run code; "
+                "only LocLoc training checkpoints (plain tensors) are loaded"
+            ) from None
+        if "Weights only load failed" in msg:
+            raise CheckpointError(f"{path}: cannot read training checkpoint (not a torch.save file)") from None
+        first = msg.strip().splitlines()[0] if msg.strip() else ""
+        raise CheckpointError(f"{path}: cannot read training checkpoint ({type(e).__name__}: {first})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path}: not a LocLoc training checkpoint (expected format {CHECKPOINT_FORMAT!r})"
         )
     return ckpt
+
+
+class CheckpointWriteError(CheckpointError, OSError):
+    """A checkpoint could not be written (disk full, quota, permissions).
+
+    A :class:`CheckpointError` for the command line (one-line message, exit 2) that library
+    callers can still catch as the ``OSError`` it comes from.
+    """
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -302,9 +319,17 @@ class Trainer:
         if not self.dist.is_main:
             return
         ckpt = self.state_dict(epoch, rngs)
-        atomic_save(self.run_dir / "last.pt", lambda p: torch.save(ckpt, p))
-        if is_best:
-            atomic_save(self.run_dir / "best.pt", lambda p: torch.save(ckpt, p))
+        names = ("last.pt", "best.pt") if is_best else ("last.pt",)
+        for name in names:
+            path = self.run_dir / name
+            try:
+                atomic_save(path, lambda p: torch.save(ckpt, p))
+            except OSError as e:  # disk full, quota, permissions: the previous file is kept
+                reason = e.strerror or str(e).splitlines()[0]
+                raise CheckpointWriteError(
+                    f"{path}: cannot write checkpoint after epoch {epoch + 1} ({reason}); the "
+                    "previous checkpoint, if any, is unchanged: free space and rerun with --resume"
+                ) from None
 
     def resume(self, path: str | Path) -> None:
         """Load ``path`` (a ``last.pt``) and continue after its epoch."""
@@ -370,42 +395,44 @@ class Trainer:
             dynamic_ncols=True,
             leave=False,
         )
-        for i, batch in enumerate(self.loader):
-            if i >= self.steps_per_epoch:
-                break
-            batch = move_to_device(batch, self.device)
-            with self._autocast():
-                loss = self.step_fn(self.model, batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss is {loss.item()} at epoch {epoch + 1} step {i + 1}; "
-                    "lower the learning rate or set --clip-grad"
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-                if clip:
-                    self.scaler.unscale_(self.optimizer)
-                    nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                loss.backward()
-                if clip:
-                    nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-                self.optimizer.step()
-            self.global_step += 1
-            self.scheduler.step_update(self.global_step)
-            loss_sum += loss.detach().double().cpu()
-            n_images += batch_length(batch)
-            if self.progress:
-                dt = time.perf_counter() - t0
-                bar.set_postfix(
-                    loss=f"{loss.item():.4f}",
-                    img_s=f"{n_images * self.dist.world_size / max(dt, 1e-9):.1f}",
-                )
-                bar.update(1)
-        bar.close()
+        try:
+            for i, batch in enumerate(self.loader):
+                if i >= self.steps_per_epoch:
+                    break
+                batch = move_to_device(batch, self.device)
+                with self._autocast():
+                    loss = self.step_fn(self.model, batch)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"loss is {loss.item()} at epoch {epoch + 1} step {i + 1}; "
+                        "lower the learning rate or set --clip-grad"
+                    )
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.scaler is not None:
+                    self.scaler.scale(loss).backward()
+                    if clip:
+                        self.scaler.unscale_(self.optimizer)
+                        nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                else:
+                    loss.backward()
+                    if clip:
+                        nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+                    self.optimizer.step()
+                self.global_step += 1
+                self.scheduler.step_update(self.global_step)
+                loss_sum += loss.detach().double().cpu()
+                n_images += batch_length(batch)
+                if self.progress:
+                    dt = time.perf_counter() - t0
+                    bar.set_postfix(
+                        loss=f"{loss.item():.4f}",
+                        img_s=f"{n_images * self.dist.world_size / max(dt, 1e-9):.1f}",
+                    )
+                    bar.update(1)
+        finally:  # a clean line for an error message
+            bar.close()
         dt = time.perf_counter() - t0
         tot = all_reduce_sum([float(loss_sum), float(self.steps_per_epoch), float(n_images)], self.device)
         return {
@@ -440,6 +467,7 @@ class Trainer:
         seed_everything(cfg.seed + self.dist.rank)
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temp(self.run_dir)
             save_config(cfg, self.run_dir)
         if resume is not None:
             self.resume(resume)
@@ -493,6 +521,19 @@ class Trainer:
         }
 
 
+def remove_stale_temp(run_dir: str | Path) -> int:
+    """Remove temporary files (``.NAME.*.tmp*``) that a killed run's atomic writes left in
+    ``run_dir`` and ``run_dir/model``; returns how many. Only the main process writes there."""
+    n = 0
+    for d in (Path(run_dir), Path(run_dir) / "model"):
+        if d.is_dir():
+            for p in d.glob(".*.tmp*"):
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+                    n += 1
+    return n
+
+
 def find_resume(run_dir: str | Path, resume: str | None) -> Path | None:
     """Interpret ``--resume``: ``None`` (fresh; refuses to overwrite a run that has a
     ``last.pt``), ``"auto"`` (``run_dir/last.pt`` if present) or a checkpoint path."""
@@ -514,10 +555,12 @@ def find_resume(run_dir: str | Path, resume: str | None) -> Path | None:
 
 
 __all__ = [
+    "CheckpointWriteError",
     "Trainer",
     "find_resume",
     "load_checkpoint",
     "move_to_device",
+    "remove_stale_temp",
     "resolve_amp",
     "rng_state",
     "seed_everything",

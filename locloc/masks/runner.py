@@ -35,6 +35,7 @@ class RunStats:
     fallbacks: dict[str, int] = field(default_factory=lambda: {r: 0 for r in FALLBACK_REASONS})
     seconds: float = 0.0
     shard: tuple[int, int] = (0, 1)
+    unreadable: list[str] = field(default_factory=list)  # with skip_bad: one message per image left out
 
     @property
     def images_per_s(self) -> float:
@@ -151,6 +152,7 @@ def generate_masks(
     device: Any = "cpu",
     progress: bool = True,
     max_in_flight: int = 2,
+    skip_bad: bool = False,
 ) -> RunStats:
     """Write a GrabCut mask for every sample of this shard that has none yet.
 
@@ -163,6 +165,8 @@ def generate_masks(
         workers: GrabCut processes (spawned); 0 runs GrabCut in this process.
         shard: ``(i, n)``; None takes torchrun's ``RANK``/``WORLD_SIZE`` or (0, 1).
         max_in_flight: batches handed to the pool but not finished; bounds memory.
+        skip_bad: decode the images to do first and leave out the unreadable ones (listed in
+            ``RunStats.unreadable``) instead of stopping at the first with a DataError.
     """
     from tqdm import tqdm
 
@@ -177,6 +181,10 @@ def generate_masks(
     out_store.clean_temp(older_than_s=0.0 if shard[1] == 1 else 3600.0)
     todo = [s for s in mine if not out_store.has(s.relpath)]
     stats.skipped = len(mine) - len(todo)
+    if skip_bad:
+        from ..data.datasets import check_images
+
+        todo, stats.unreadable = check_images(todo, workers=max(1, workers))
     backbone.eval()
     t0 = time.perf_counter()
     bar = tqdm(total=len(todo), unit="img", desc=f"masks {shard[0]}/{shard[1]}", disable=not progress)

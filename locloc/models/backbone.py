@@ -141,6 +141,11 @@ def build_backbone(
     """
     kwargs = dict(timm_kwargs)
     kwargs.pop("pretrained", None)
+    if "checkpoint_path" in kwargs:  # timm would load it, bypassing the strict loader
+        raise ConfigError(
+            f"backbone {name!r}: the timm argument 'checkpoint_path' is not accepted; pass the "
+            "file as the backbone weights (--weights) instead"
+        )
     kwargs.setdefault("num_classes", 0)
     try:
         vit = timm.create_model(name, pretrained=False, **kwargs)

@@ -28,10 +28,16 @@ class LocLocModel(nn.Module):
         """Number of classifier outputs (None without a classifier)."""
         return None if self.classifier is None else int(self.classifier.num_classes)
 
-    def forward(self, images: Tensor, with_attention: bool = False) -> dict[str, Tensor | None]:
-        """``with_attention`` adds ``"attention"``: the backbone's CLS attention, B x heads x N."""
+    def forward(
+        self, images: Tensor, with_attention: bool = False, boxes_only: bool = False
+    ) -> dict[str, Tensor | None]:
+        """``with_attention`` adds ``"attention"``: the backbone's CLS attention, B x heads x N.
+
+        ``boxes_only`` skips the classifier (the costlier head): ``"logits"`` is then None.
+        """
         out = self.backbone(images, with_attention=with_attention)
-        logits = self.classifier(out.tokens) if self.classifier is not None else None
+        run_classifier = self.classifier is not None and not boxes_only
+        logits = self.classifier(out.tokens) if run_classifier else None
         maps = self.generator(patch_map(out.patch_tokens, self.backbone.grid_size))
         result = {"logits": logits, "maps": maps}
         if with_attention:
