@@ -69,7 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except LocLocError as e:
-        print(f"locloc {args.command}: error: {e}", file=sys.stderr)
+        msg = str(e)
+        if "Traceback" in msg:  # raised in a DataLoader worker: keep the original one line
+            from .data.datasets import original_message
+
+            msg = original_message(e)
+        print(f"locloc {args.command}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"locloc {args.command}: interrupted", file=sys.stderr)

@@ -88,6 +88,7 @@ def open_image(path: str | Path) -> Image.Image:
     if path.stat().st_size == 0:
         raise DataError(f"{path}: image file is empty (0 bytes)")
     ImageFile.LOAD_TRUNCATED_IMAGES = False
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # Pillow's own bomb guard at our limit
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -144,7 +144,7 @@ def test_batch_larger_than_data_is_config_error(tmp_path):
 def test_nonfinite_loss_stops(tmp_path):
     tr = _trainer(tmp_path, epochs=1)
     tr.step_fn = lambda m, b: toy_step(m, b) * float("nan")
-    with pytest.raises(FloatingPointError, match="epoch 1 step 1"):
+    with pytest.raises(ConfigError, match="epoch 1 step 1"):
         tr.fit()
 
 

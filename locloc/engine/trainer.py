@@ -403,9 +403,9 @@ class Trainer:
                 with self._autocast():
                     loss = self.step_fn(self.model, batch)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"loss is {loss.item()} at epoch {epoch + 1} step {i + 1}; "
-                        "lower the learning rate or set --clip-grad"
+                    raise ConfigError(
+                        f"training diverged: loss is {loss.item()} at epoch {epoch + 1} step {i + 1}; "
+                        "lower the learning rate (--lr) or set --clip-grad"
                     )
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.scaler is not None:
