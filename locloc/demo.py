@@ -42,23 +42,23 @@ class DemoRecipe:
     heldout_per_class: int = 5
     backbone: str = "locloc_vit_tiny_cs8"
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
-    pretrain_epochs: int = 15
+    pretrain_epochs: int = 30
     pretrain_lr: float = 5e-4
     grabcut_iterations: int = 5
     mask_workers: int = 2
     generator: str = "light"
-    generator_epochs: int = 8
+    generator_epochs: int = 20
     generator_lr: float = 1e-3
     cache_views: int = 2
-    classifier_epochs: int = 10
+    classifier_epochs: int = 15
     classifier_lr: float = 5e-4
     batch_size: int = 32
     thresholds: tuple[float, ...] = THRESHOLDS
 
     @classmethod
     def quick(cls) -> DemoRecipe:
-        return cls(classes=4, train_per_class=40, test_per_class=15, size=112, pretrain_epochs=8,
-                   generator_epochs=3, classifier_epochs=3, cache_views=1)
+        return cls(classes=4, train_per_class=40, test_per_class=15, size=112, pretrain_epochs=12,
+                   generator_epochs=5, classifier_epochs=4, cache_views=1)
 
 
 def _log(msg: str) -> None:
