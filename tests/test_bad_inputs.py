@@ -700,7 +700,7 @@ def _(e):
 def _(e):
     argv = masks(e)
     argv[argv.index("--backbone-args") + 1] = "{img_size: 64"
-    return argv, ("--backbone-args", "not valid JSON")
+    return argv, ("--backbone-kwargs", "not valid JSON")
 
 
 @case("masks-backbone-args-checkpoint-path")

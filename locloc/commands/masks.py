@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="train", help="split to process: train, test or all")
     p.add_argument("--out", required=True, help="mask store directory")
     p.add_argument("--backbone", default="deit_small_patch16_224", help="timm ViT name")
-    p.add_argument("--backbone-args", default=None, metavar="JSON",
+    p.add_argument("--backbone-kwargs", "--backbone-args", dest="backbone_args", default=None, metavar="JSON",
                    help='extra timm.create_model arguments, e.g. \'{"img_size": 64, "depth": 2}\'')
     p.add_argument("--weights", default=None, help="local backbone weights file (required unless --import-h5)")
     p.add_argument("--allow-random-backbone", action="store_true",
@@ -63,9 +63,9 @@ def _backbone(args: argparse.Namespace):
         try:
             kwargs = json.loads(args.backbone_args)
         except json.JSONDecodeError as e:
-            raise ConfigError(f"--backbone-args is not valid JSON ({e})") from None
+            raise ConfigError(f"--backbone-kwargs is not valid JSON ({e})") from None
         if not isinstance(kwargs, dict):
-            raise ConfigError("--backbone-args must be a JSON object")
+            raise ConfigError("--backbone-kwargs must be a JSON object")
     if args.weights is None:
         if not args.allow_random_backbone:
             raise ConfigError(
