@@ -39,7 +39,7 @@ class DemoRecipe:
     size: int = 128
     clutter: float = 0.5
     scale: tuple[float, float] = (0.25, 0.7)
-    heldout_per_class: int = 5
+    heldout_per_class: int = 10
     backbone: str = "locloc_vit_tiny_cs8"
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     pretrain_epochs: int = 30
@@ -159,7 +159,7 @@ def run_demo(
                   heldout_per_class=recipe.heldout_per_class)
     gen_out = out / "generator"
     gcfg = GeneratorTrainConfig(out=str(gen_out), epochs=recipe.generator_epochs, lr=recipe.generator_lr,
-                                generator=recipe.generator, cache_views=recipe.cache_views,
+                                generator=recipe.generator, cache_views=recipe.cache_views, sched="cosine",
                                 val_thresholds=list(recipe.thresholds), **common)
     gsum = timer.run("generator", lambda: train_generator(
         gcfg, resume="auto", log=_log, progress=progress))
