@@ -12,7 +12,6 @@ attention (TS-CAM style), boxes from the GrabCut masks directly, and the GEG gen
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -375,11 +374,6 @@ def format_demo_table(metrics: dict[str, Any]) -> str:
     lines.append(f"test-sweep best (optimistic, chosen on test): threshold {opt['threshold']:.2f}, "
                  f"GT-known {opt['gt_known_loc']:.2f}, Top-1 Loc {opt['top1_loc']:.2f}")
     return "\n".join(lines)
-
-
-def load_metrics(path: str | Path) -> dict[str, Any]:
-    """Read a ``metrics.json``."""
-    return json.loads(Path(path).read_text())
 
 
 __all__ = ["DemoRecipe", "evaluate_with_baselines", "format_demo_table", "run_demo"]

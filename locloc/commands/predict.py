@@ -27,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
     import torch
 
     from ..api import LocLoc
@@ -50,15 +51,21 @@ def run(args: argparse.Namespace) -> int:
         amp_dtype=torch.bfloat16 if args.bf16 else None, boxes_only=args.boxes_only,
     )
     vis_dir = Path(args.save_vis) if args.save_vis else None
+    used: set[str] = set()
     lines = []
     for pred in model.predict_many(paths, batch_size=args.batch_size):
         lines.append(json.dumps(pred.to_json()))
         if args.out == "-":
             print(lines[-1], flush=True)
         if vis_dir is not None:
-            img = __import__("numpy").asarray(open_image(pred.path))
+            img = np.asarray(open_image(pred.path))
             cap = f"{pred.class_name} {pred.score:.2f}" if pred.class_name else None
             name = Path(pred.path).stem + ".png"
+            k = 1
+            while name in used:  # same file name in two folders: keep both overlays
+                k += 1
+                name = f"{Path(pred.path).stem}_{k}.png"
+            used.add(name)
             save_png(vis_dir / name, overlay(img, pred.heatmap, [pred.box], label=cap))
     if args.out != "-":
         with atomic_write(args.out, "w") as f:

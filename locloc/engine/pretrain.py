@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
@@ -136,7 +135,3 @@ def pretrain_backbone(
     summary["val_top1"] = summary["last"].get("val_top1")
     return summary
 
-
-def labels_of(samples: Sequence[Sample]) -> np.ndarray:
-    """The labels of ``samples`` as an int array."""
-    return np.array([s.label for s in samples], dtype=np.int64)
