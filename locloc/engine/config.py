@@ -179,6 +179,8 @@ def _validate_value(name: str, value: Any) -> None:
         raise ValueError(f"must be in [0, 1), got {value}")
     if name == "label_smoothing" and value >= 1.0:
         raise ValueError(f"must be < 1, got {value}")
+    if name == "crop_scale" and not 0.0 < value <= 1.0:
+        raise ValueError(f"must be in (0, 1], got {value}")
     if name in ("re_prob", "hflip") and not 0.0 <= value <= 1.0:
         raise ValueError(f"must be in [0, 1], got {value}")
     if name == "val_thresholds" and (not value or any(not 0.0 <= t <= 1.0 for t in value)):

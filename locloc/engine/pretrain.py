@@ -48,6 +48,7 @@ class PretrainConfig(TrainConfig):
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     val_split: str = "test"
+    crop_scale: float = 0.35  # lower bound of RandomResizedCrop's area fraction
 
 
 class _LabelledImages(Dataset):
@@ -65,10 +66,12 @@ class _LabelledImages(Dataset):
         return self.transform(open_image(s.path)), s.label
 
 
-def _transforms(size: int, mean: Sequence[float], std: Sequence[float]) -> tuple[Any, Any]:
+def _transforms(
+    size: int, mean: Sequence[float], std: Sequence[float], crop_scale: float = 0.35
+) -> tuple[Any, Any]:
     train = v2.Compose([
         v2.ToImage(),
-        v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True),
+        v2.RandomResizedCrop(size, scale=(crop_scale, 1.0), antialias=True),
         v2.RandomHorizontalFlip(),
         v2.ColorJitter(0.3, 0.3, 0.3, 0.05),
         v2.ToDtype(torch.float32, scale=True),
@@ -106,7 +109,7 @@ def pretrain_backbone(
     torch.manual_seed(cfg.seed)
     vit = timm.create_model(cfg.backbone, pretrained=False, num_classes=num_classes, **cfg.backbone_kwargs)
     size = int(vit.patch_embed.img_size[0])
-    train_tf, test_tf = _transforms(size, IMAGENET_MEAN, IMAGENET_STD)
+    train_tf, test_tf = _transforms(size, IMAGENET_MEAN, IMAGENET_STD, cfg.crop_scale)
     val_loader = DataLoader(_LabelledImages(val, test_tf), batch_size=64, shuffle=False, num_workers=0)
 
     def step(model: nn.Module, batch: Any) -> torch.Tensor:
