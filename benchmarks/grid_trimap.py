@@ -1,7 +1,7 @@
 """Grid over the GrabCut trimap rules on real ViT attention, scored against GT boxes/masks.
 
     python benchmarks/grid_trimap.py --data-path locloc-demo/data \
-        --weights locloc-demo/backbone/backbone.safetensors [--backbone locloc_vit_tiny_cs8] [--n 80]
+        --weights locloc-demo/backbone/backbone.safetensors [--split train] [--n 160]
 
 Prints, per trimap (fg / bg / mid fractions of the normalised attention), the fraction of
 images whose mask box has IoU >= 0.5 with the GT box, the mean box IoU and the mean mask IoU,
@@ -24,8 +24,9 @@ from locloc.masks.quality import MaskQuality, read_gt_mask
 from locloc.masks.runner import attention_grids, load_backbone_batch
 from locloc.models.backbone import build_backbone
 
-GRID = [(0.8, 0.2, None), (0.4, 0.02, 0.1), (0.5, 0.0, 0.05), (0.5, 0.0, 0.1), (0.6, 0.0, 0.1),
-        (0.7, 0.0, 0.1), (0.5, 0.0, 0.2), (0.6, 0.05, 0.15)]
+GRID = [(0.8, 0.2, 0.5), (0.4, 0.02, 0.1), (0.5, 0.0, 0.05), (0.5, 0.0, 0.1), (0.6, 0.0, 0.1),
+        (0.7, 0.0, 0.1), (0.5, 0.0, 0.2), (0.6, 0.05, 0.15), (0.5, 0.0, 0.03), (0.6, 0.0, 0.03),
+        (0.4, 0.0, 0.03), (0.3, 0.0, 0.03)]
 
 
 def main() -> None:
