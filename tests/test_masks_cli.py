@@ -156,7 +156,25 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny, tmp_path):
         assert len(partial) < N_TRAIN
     assert main(_args(data, weights, out, "--workers", "0", "--iterations", "3")) == 0
     _assert_same_masks(_snapshot(out), _snapshot(ref))
-    assert not [p for p in out.rglob("*") if p.name.startswith(".") or ".tmp" in p.name]
+    leftovers = [p for p in out.rglob("*") if p.name.startswith(".") or ".tmp" in p.name]
+    assert leftovers == [out / ".lock"]  # the writers' lock file (empty) is the only hidden file
+
+
+def test_concurrent_writers_are_refused_but_shards_share(tiny, tmp_path, capsys):
+    data, weights = tiny
+    out = tmp_path / "m"
+    store = MaskStore(out)
+    with store.writer_lock(exclusive=True):  # a whole-split run is writing
+        assert main(_args(data, weights, out)) == 2
+        assert "another run is writing masks" in capsys.readouterr().err
+        assert main(_args(data, weights, out, "--shard", "0/2")) == 2
+        assert not list(out.rglob("*.png"))
+    with store.writer_lock(exclusive=False):  # shard 1/2 is writing
+        assert main(_args(data, weights, out, "--shard", "0/2")) == 0  # another shard may join
+        assert main(_args(data, weights, out)) == 2  # a whole-split run may not
+        assert "another run is writing masks" in capsys.readouterr().err
+    assert main(_args(data, weights, out)) == 0  # lock released (also on exit or kill)
+    assert len(MaskStore(out)) == N_TRAIN
 
 
 def test_cli_errors(tiny, tmp_path, capsys):

@@ -168,16 +168,26 @@ def generate_masks(
         skip_bad: decode the images to do first and leave out the unreadable ones (listed in
             ``RunStats.unreadable``) instead of stopping at the first with a DataError.
     """
-    from tqdm import tqdm
-
     if batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
     if workers < 0:
         raise ConfigError(f"workers must be >= 0, got {workers}")
     shard = resolve_shard(shard)
+    with out_store.writer_lock(exclusive=shard[1] == 1):
+        return _generate(samples, backbone, out_store, masker, batch_size, workers, shard, device,
+                         progress, max_in_flight, skip_bad)
+
+
+def _generate(
+    samples: Sequence[Any], backbone: Any, out_store: MaskStore, masker: GrabCutMasker, batch_size: int,
+    workers: int, shard: tuple[int, int], device: Any, progress: bool, max_in_flight: int, skip_bad: bool,
+) -> RunStats:
+    from tqdm import tqdm
+
     mine = shard_samples(samples, shard)
     stats = RunStats(total=len(mine), shard=shard)
-    # A single writer owns the store: temporary files are leftovers of a killed run.
+    # A single writer owns the store (it holds the lock exclusively): temporary files are
+    # leftovers of a killed run. Shards only remove old ones.
     out_store.clean_temp(older_than_s=0.0 if shard[1] == 1 else 3600.0)
     todo = [s for s in mine if not out_store.has(s.relpath)]
     stats.skipped = len(mine) - len(todo)

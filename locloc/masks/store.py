@@ -7,6 +7,7 @@ as ``H x W`` uint8 in {0, 1}.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -94,6 +95,34 @@ class MaskStore:
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
+
+    @contextlib.contextmanager
+    def writer_lock(self, exclusive: bool) -> Iterator[None]:
+        """Hold an advisory lock on the store while a run writes into it.
+
+        A single-process run takes it exclusively (it may then remove every temporary
+        file); the shards of a sharded run share it. An incompatible holder raises
+        :class:`DataError` at once instead of two runs pulling files from under each other.
+        The OS drops the lock when the holder exits or is killed. POSIX only (no-op elsewhere).
+        """
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            yield
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise DataError(
+                    f"{self.root}: another run is writing masks into this directory; wait for it "
+                    "to finish, or split the work with --shard i/n (shards may run together)"
+                ) from None
+            yield
+        finally:
+            os.close(fd)
 
     def clean_temp(self, older_than_s: float = 0.0) -> int:
         """Remove temporary files left by killed writers; returns how many were removed.
