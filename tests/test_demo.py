@@ -54,3 +54,23 @@ def test_demo_model_dir_works_with_predict_and_evaluate(demo_dir, tmp_path, caps
     ev = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert ev["num_images"] == m["num_images"]
     assert ev["top1_cls"] == pytest.approx(m["top1_cls"], abs=1e-6)
+
+
+def test_demo_is_deterministic_for_a_seed(tmp_path):
+    """Two runs with one seed on CPU give the same metrics, masks and model weights."""
+    from locloc.demo import DemoRecipe, run_demo
+
+    tiny = DemoRecipe(classes=3, train_per_class=12, test_per_class=4, size=112, heldout_per_class=2,
+                      pretrain_epochs=2, generator_epochs=1, classifier_epochs=1, cache_views=1,
+                      mask_workers=0, batch_size=8, grabcut_iterations=1)
+    runs = [run_demo(tmp_path / name, seed=3, recipe=tiny, device="cpu", progress=False) for name in "ab"]
+    volatile = {"timings_s", "report", "model_dir", "data"}
+    a, b = ({k: v for k, v in r.items() if k not in volatile} for r in runs)
+    for r in (a, b):
+        r["masks"] = {k: v for k, v in r["masks"].items() if k not in ("seconds", "images_per_s")}
+    assert a == b
+    for rel in ("backbone/backbone.safetensors", "classifier/model/model.safetensors"):
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+    masks_a = sorted((tmp_path / "a" / "masks").rglob("*.png"))
+    assert masks_a and [p.read_bytes() for p in masks_a] == [
+        (tmp_path / "b" / "masks" / p.relative_to(tmp_path / "a" / "masks")).read_bytes() for p in masks_a]
