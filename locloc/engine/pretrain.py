@@ -66,9 +66,7 @@ class _LabelledImages(Dataset):
         return self.transform(open_image(s.path)), s.label
 
 
-def _transforms(
-    size: int, mean: Sequence[float], std: Sequence[float], crop_scale: float = 0.35
-) -> tuple[Any, Any]:
+def _transforms(size: int, mean: Sequence[float], std: Sequence[float], crop_scale: float) -> tuple[Any, Any]:
     train = v2.Compose([
         v2.ToImage(),
         v2.RandomResizedCrop(size, scale=(crop_scale, 1.0), antialias=True),

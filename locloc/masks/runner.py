@@ -168,76 +168,68 @@ def generate_masks(
         skip_bad: decode the images to do first and leave out the unreadable ones (listed in
             ``RunStats.unreadable``) instead of stopping at the first with a DataError.
     """
+    from tqdm import tqdm
+
     if batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
     if workers < 0:
         raise ConfigError(f"workers must be >= 0, got {workers}")
     shard = resolve_shard(shard)
     with out_store.writer_lock(exclusive=shard[1] == 1):
-        return _generate(samples, backbone, out_store, masker, batch_size, workers, shard, device,
-                         progress, max_in_flight, skip_bad)
+        mine = shard_samples(samples, shard)
+        stats = RunStats(total=len(mine), shard=shard)
+        # A single writer owns the store (it holds the lock exclusively): temporary files are
+        # leftovers of a killed run. Shards only remove old ones.
+        out_store.clean_temp(older_than_s=0.0 if shard[1] == 1 else 3600.0)
+        todo = [s for s in mine if not out_store.has(s.relpath)]
+        stats.skipped = len(mine) - len(todo)
+        if skip_bad:
+            from ..data.datasets import check_images
 
+            todo, stats.unreadable = check_images(todo, workers=max(1, workers))
+        backbone.eval()
+        t0 = time.perf_counter()
+        bar = tqdm(total=len(todo), unit="img", desc=f"masks {shard[0]}/{shard[1]}", disable=not progress)
 
-def _generate(
-    samples: Sequence[Any], backbone: Any, out_store: MaskStore, masker: GrabCutMasker, batch_size: int,
-    workers: int, shard: tuple[int, int], device: Any, progress: bool, max_in_flight: int, skip_bad: bool,
-) -> RunStats:
-    from tqdm import tqdm
+        def _collect(results: list[tuple[str, str | None]]) -> None:
+            for _, reason in results:
+                stats.done += 1
+                if reason is None:
+                    stats.grabcut += 1
+                else:
+                    stats.fallbacks[reason] += 1
+            bar.update(len(results))
 
-    mine = shard_samples(samples, shard)
-    stats = RunStats(total=len(mine), shard=shard)
-    # A single writer owns the store (it holds the lock exclusively): temporary files are
-    # leftovers of a killed run. Shards only remove old ones.
-    out_store.clean_temp(older_than_s=0.0 if shard[1] == 1 else 3600.0)
-    todo = [s for s in mine if not out_store.has(s.relpath)]
-    stats.skipped = len(mine) - len(todo)
-    if skip_bad:
-        from ..data.datasets import check_images
-
-        todo, stats.unreadable = check_images(todo, workers=max(1, workers))
-    backbone.eval()
-    t0 = time.perf_counter()
-    bar = tqdm(total=len(todo), unit="img", desc=f"masks {shard[0]}/{shard[1]}", disable=not progress)
-
-    def _collect(results: list[tuple[str, str | None]]) -> None:
-        for _, reason in results:
-            stats.done += 1
-            if reason is None:
-                stats.grabcut += 1
+        pool = None
+        try:
+            if workers > 0:
+                ctx = mp.get_context("spawn")
+                init_args = (masker.config(), str(out_store.root))
+                pool = ctx.Pool(workers, initializer=_init_worker, initargs=init_args)
             else:
-                stats.fallbacks[reason] += 1
-        bar.update(len(results))
-
-    pool = None
-    try:
-        if workers > 0:
-            ctx = mp.get_context("spawn")
-            init_args = (masker.config(), str(out_store.root))
-            pool = ctx.Pool(workers, initializer=_init_worker, initargs=init_args)
-        else:
-            _init_worker(masker.config(), str(out_store.root))
-        pending: deque = deque()
-        for batch in _batches(todo, batch_size):
-            grids = attention_grids(backbone, load_backbone_batch(batch, backbone), device)
-            tasks = [(str(s.path), s.relpath, g) for s, g in zip(batch, grids)]
-            if pool is None:
-                for t in tasks:
-                    _collect([_mask_one(t)])
-                continue
-            # Small chunks keep both workers busy to the end of each batch.
-            chunk = max(1, len(tasks) // (workers * 4))
-            chunks = [tasks[k : k + chunk] for k in range(0, len(tasks), chunk)]
-            pending.append(pool.map_async(_mask_many, chunks))
-            while len(pending) >= max_in_flight:
+                _init_worker(masker.config(), str(out_store.root))
+            pending: deque = deque()
+            for batch in _batches(todo, batch_size):
+                grids = attention_grids(backbone, load_backbone_batch(batch, backbone), device)
+                tasks = [(str(s.path), s.relpath, g) for s, g in zip(batch, grids)]
+                if pool is None:
+                    for t in tasks:
+                        _collect([_mask_one(t)])
+                    continue
+                # Small chunks keep both workers busy to the end of each batch.
+                chunk = max(1, len(tasks) // (workers * 4))
+                chunks = [tasks[k : k + chunk] for k in range(0, len(tasks), chunk)]
+                pending.append(pool.map_async(_mask_many, chunks))
+                while len(pending) >= max_in_flight:
+                    for r in pending.popleft().get():
+                        _collect(r)
+            while pending:
                 for r in pending.popleft().get():
                     _collect(r)
-        while pending:
-            for r in pending.popleft().get():
-                _collect(r)
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.terminate()
-            pool.join()
-    stats.seconds = time.perf_counter() - t0
-    return stats
+        finally:
+            bar.close()
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+        stats.seconds = time.perf_counter() - t0
+        return stats
