@@ -66,6 +66,39 @@ def atomic_save(path: str | Path, writer: Any) -> None:
         raise
 
 
+@contextlib.contextmanager
+def dir_lock(
+    directory: str | Path, exclusive: bool = True, busy: str | None = None, error: type[Exception] | None = None
+) -> Iterator[None]:
+    """Hold an advisory ``flock`` on ``directory/.lock`` for the duration of the block.
+
+    Runs that write into one directory take it exclusively (or shared, for cooperating
+    shards); an incompatible holder raises :class:`~locloc.errors.LocLocError` at once, with
+    ``busy`` as the message, instead of two runs overwriting each other's files. The OS drops
+    the lock when its holder exits or is killed, so no stale lock is ever left. ``error`` is
+    the exception class raised (default :class:`~locloc.errors.LocLocError`). POSIX only
+    (a no-op elsewhere).
+    """
+    from .errors import LocLocError
+
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise (error or LocLocError)(busy or f"{directory}: another run is writing into this directory") from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     with atomic_write(path, "w") as f:

@@ -136,6 +136,21 @@ def test_find_resume_rules(tmp_path):
         load_checkpoint(tmp_path / "last.pt")
 
 
+def test_second_run_in_the_same_directory_is_refused(tmp_path):
+    seen = []
+
+    def start_another(epoch, record):  # runs while the first fit holds the directory
+        with pytest.raises(ConfigError, match="another training run is writing"):
+            _trainer(tmp_path, epochs=2).fit()
+        seen.append(epoch)
+
+    _trainer(tmp_path, epochs=2, on_epoch_end=start_another).fit()
+    assert seen == [0, 1]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]  # the refused run wrote nothing
+    _trainer(tmp_path, epochs=3).fit(resume=tmp_path / "run" / "last.pt")  # lock released
+
+
 def test_batch_larger_than_data_is_config_error(tmp_path):
     with pytest.raises(ConfigError, match="batch size 100"):
         _trainer(tmp_path, batch_size=100)

@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from ..errors import CheckpointError, ConfigError
-from ..fileio import atomic_save, atomic_write
+from ..fileio import atomic_save, atomic_write, dir_lock
 from .config import TrainConfig, save_config
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 
@@ -463,6 +463,14 @@ class Trainer:
 
     def fit(self, resume: str | Path | None = None) -> dict[str, Any]:
         """Train from scratch, or from ``resume`` (a checkpoint path); returns a summary."""
+        if not self.dist.is_main:
+            return self._fit(resume)
+        busy = (f"{self.run_dir}: another training run is writing into this directory; wait for it "
+                "to finish or choose another --out")
+        with dir_lock(self.run_dir, exclusive=True, busy=busy, error=ConfigError):
+            return self._fit(resume)
+
+    def _fit(self, resume: str | Path | None) -> dict[str, Any]:
         cfg = self.cfg
         seed_everything(cfg.seed + self.dist.rank)
         if self.dist.is_main:

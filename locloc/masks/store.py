@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
-from ..fileio import atomic_save
+from ..fileio import atomic_save, dir_lock
 
 # The reference binarises its min-max normalised masks at this value before use.
 REFERENCE_BINARIZE_AT = 0.05
@@ -105,24 +105,10 @@ class MaskStore:
         :class:`DataError` at once instead of two runs pulling files from under each other.
         The OS drops the lock when the holder exits or is killed. POSIX only (no-op elsewhere).
         """
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX
+        msg = (f"{self.root}: another run is writing masks into this directory; wait for it to "
+               "finish, or split the work with --shard i/n (shards may run together)")
+        with dir_lock(self.root, exclusive, busy=msg, error=DataError):
             yield
-            return
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise DataError(
-                    f"{self.root}: another run is writing masks into this directory; wait for it "
-                    "to finish, or split the work with --shard i/n (shards may run together)"
-                ) from None
-            yield
-        finally:
-            os.close(fd)
 
     def clean_temp(self, older_than_s: float = 0.0) -> int:
         """Remove temporary files left by killed writers; returns how many were removed.
