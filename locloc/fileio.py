@@ -73,11 +73,10 @@ def dir_lock(
     """Hold an advisory ``flock`` on ``directory/.lock`` for the duration of the block.
 
     Runs that write into one directory take it exclusively (or shared, for cooperating
-    shards); an incompatible holder raises :class:`~locloc.errors.LocLocError` at once, with
-    ``busy`` as the message, instead of two runs overwriting each other's files. The OS drops
-    the lock when its holder exits or is killed, so no stale lock is ever left. ``error`` is
-    the exception class raised (default :class:`~locloc.errors.LocLocError`). POSIX only
-    (a no-op elsewhere).
+    shards). If an incompatible holder exists, ``error`` (default
+    :class:`~locloc.errors.LocLocError`) is raised at once with ``busy`` as the message,
+    instead of two runs overwriting each other's files. The OS drops the lock when its holder
+    exits or is killed, so no stale lock is ever left. POSIX only (a no-op elsewhere).
     """
     from .errors import LocLocError
 
