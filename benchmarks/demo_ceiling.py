@@ -49,7 +49,7 @@ def gt_store(samples: list, root: Path) -> MaskStore:
         if not store.has(s.relpath):
             if s.mask_path is None:
                 raise SystemExit(f"{s.path}: no GT mask (segmentations/); the oracle needs them")
-            w, h = open_image(s.path).size
+            w, h = s.size or open_image(s.path).size  # the image is decoded only when no size is known
             store.write(s.relpath, read_gt_mask(s.mask_path, (h, w)))
     return store
 
@@ -89,6 +89,15 @@ def main() -> None:
     demo = Path(args.demo)
     metrics = json.loads((demo / "metrics.json").read_text())
     gcfg = json.loads((demo / "generator" / "config.json").read_text())
+    # The demo recorded its paths as given (often relative to where it ran): rebase the ones
+    # inside its output directory onto --demo, so this runs from any working directory.
+    recorded = Path(gcfg["out"]).parent
+    for key in ("data_path", "weights", "masks"):
+        p = Path(gcfg[key])
+        if p.is_relative_to(recorded):
+            gcfg[key] = str(demo / p.relative_to(recorded))
+        if not Path(gcfg[key]).exists():
+            raise SystemExit(f"{demo}: its generator config names {key} {gcfg[key]}, which does not exist")
     base = GeneratorTrainConfig(**gcfg)
     if args.generator_kwargs:
         base = dataclasses.replace(base, generator_kwargs=json.loads(args.generator_kwargs))

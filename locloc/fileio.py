@@ -14,7 +14,7 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image, ImageFile
 
-from .errors import DataError
+from .errors import DataError, LocLocError
 
 # Largest image we agree to decode (pixels). A header declaring more is refused before any
 # pixel is read; this stops decompression bombs. 120 MP covers every real photo data set.
@@ -78,8 +78,6 @@ def dir_lock(
     instead of two runs overwriting each other's files. The OS drops the lock when its holder
     exits or is killed, so no stale lock is ever left. POSIX only (a no-op elsewhere).
     """
-    from .errors import LocLocError
-
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX

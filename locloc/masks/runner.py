@@ -141,6 +141,56 @@ def _mask_many(tasks: list[tuple[str, str, np.ndarray]]) -> list[tuple[str, str 
     return [_mask_one(t) for t in tasks]
 
 
+def _mask_loop(
+    todo: Sequence[Any], backbone: Any, out_store: MaskStore, masker: GrabCutMasker, stats: RunStats,
+    batch_size: int, workers: int, device: Any, max_in_flight: int, bar: Any,
+) -> None:
+    """Attention on this process, GrabCut in ``workers`` spawned processes (or here when 0);
+    counts results into ``stats`` and ``bar``, which it closes."""
+    backbone.eval()
+
+    def _collect(results: list[tuple[str, str | None]]) -> None:
+        for _, reason in results:
+            stats.done += 1
+            if reason is None:
+                stats.grabcut += 1
+            else:
+                stats.fallbacks[reason] += 1
+        bar.update(len(results))
+
+    pool = None
+    try:
+        if workers > 0:
+            ctx = mp.get_context("spawn")
+            init_args = (masker.config(), str(out_store.root))
+            pool = ctx.Pool(workers, initializer=_init_worker, initargs=init_args)
+        else:
+            _init_worker(masker.config(), str(out_store.root))
+        pending: deque = deque()
+        for batch in _batches(todo, batch_size):
+            grids = attention_grids(backbone, load_backbone_batch(batch, backbone), device)
+            tasks = [(str(s.path), s.relpath, g) for s, g in zip(batch, grids)]
+            if pool is None:
+                for t in tasks:
+                    _collect([_mask_one(t)])
+                continue
+            # Small chunks keep both workers busy to the end of each batch.
+            chunk = max(1, len(tasks) // (workers * 4))
+            chunks = [tasks[k : k + chunk] for k in range(0, len(tasks), chunk)]
+            pending.append(pool.map_async(_mask_many, chunks))
+            while len(pending) >= max_in_flight:
+                for r in pending.popleft().get():
+                    _collect(r)
+        while pending:
+            for r in pending.popleft().get():
+                _collect(r)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+
 def generate_masks(
     samples: Sequence[Any],
     backbone: Any,
@@ -187,49 +237,8 @@ def generate_masks(
             from ..data.datasets import check_images
 
             todo, stats.unreadable = check_images(todo, workers=max(1, workers))
-        backbone.eval()
         t0 = time.perf_counter()
-        bar = tqdm(total=len(todo), unit="img", desc=f"masks {shard[0]}/{shard[1]}", disable=not progress)
-
-        def _collect(results: list[tuple[str, str | None]]) -> None:
-            for _, reason in results:
-                stats.done += 1
-                if reason is None:
-                    stats.grabcut += 1
-                else:
-                    stats.fallbacks[reason] += 1
-            bar.update(len(results))
-
-        pool = None
-        try:
-            if workers > 0:
-                ctx = mp.get_context("spawn")
-                init_args = (masker.config(), str(out_store.root))
-                pool = ctx.Pool(workers, initializer=_init_worker, initargs=init_args)
-            else:
-                _init_worker(masker.config(), str(out_store.root))
-            pending: deque = deque()
-            for batch in _batches(todo, batch_size):
-                grids = attention_grids(backbone, load_backbone_batch(batch, backbone), device)
-                tasks = [(str(s.path), s.relpath, g) for s, g in zip(batch, grids)]
-                if pool is None:
-                    for t in tasks:
-                        _collect([_mask_one(t)])
-                    continue
-                # Small chunks keep both workers busy to the end of each batch.
-                chunk = max(1, len(tasks) // (workers * 4))
-                chunks = [tasks[k : k + chunk] for k in range(0, len(tasks), chunk)]
-                pending.append(pool.map_async(_mask_many, chunks))
-                while len(pending) >= max_in_flight:
-                    for r in pending.popleft().get():
-                        _collect(r)
-            while pending:
-                for r in pending.popleft().get():
-                    _collect(r)
-        finally:
-            bar.close()
-            if pool is not None:
-                pool.terminate()
-                pool.join()
+        _mask_loop(todo, backbone, out_store, masker, stats, batch_size, workers, device, max_in_flight,
+                   tqdm(total=len(todo), unit="img", desc=f"masks {shard[0]}/{shard[1]}", disable=not progress))
         stats.seconds = time.perf_counter() - t0
         return stats
