@@ -1,9 +1,11 @@
 """The embedded default: the whole LocLoc method on a CPU in minutes, with a report.
 
-``run_demo`` generates (or takes) a CUB-layout data set, trains a small ViT on its class
-labels (the stand-in for the ImageNet-pretrained DeiT-S that cannot be downloaded here),
-freezes it, and runs the method's four stages through the same functions the real data sets
-use: ``locloc masks`` (stage 1), ``train-generator`` (2), ``train-classifier`` (3) and
+``run_demo`` generates (or takes) a CUB-layout data set and runs the method's four stages on a
+frozen backbone pretrained elsewhere: by default the small ViT shipped with the package
+(pretrained once on a synthetic corpus whose classes are disjoint from the demo's, as an
+ImageNet DeiT-S is to CUB; see :mod:`locloc.models.embedded`), or any timm ViT with weights
+(``backbone=..., weights=...``), or, with ``pretrain_backbone=True``, a small ViT trained here on
+the data set's own labels. The stages go through the same functions the real data sets use: ``locloc masks`` (stage 1), ``train-generator`` (2), ``train-classifier`` (3) and
 ``evaluate`` (4). The box threshold is chosen on a held-out split carved from the training
 images and the test split is reported at it, beside the test sweep's own (optimistic) best.
 Baselines on the same test images: a constant centre box, boxes from the raw thresholded
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ import torch
 from .data import load_dataset
 from .data.records import Sample, heldout_split
 from .fileio import write_json
+from .models.embedded import EMBEDDED_BACKBONE
 
 THRESHOLDS = tuple(round(float(t), 2) for t in np.arange(0.05, 0.96, 0.05))
 
@@ -38,9 +41,11 @@ class DemoRecipe:
     size: int = 128
     clutter: float = 0.5
     scale: tuple[float, float] = (0.25, 0.7)
-    heldout_per_class: int = 10
-    backbone: str = "locloc_vit_tiny_cs8"
+    heldout_per_class: int = 20
+    backbone: str = EMBEDDED_BACKBONE
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None  # None: the embedded backbone (or the one pre-trained here)
+    pretrain_backbone: bool = False  # train a small ViT on the data set's labels first
     pretrain_epochs: int = 24
     pretrain_lr: float = 1e-3
     pretrain_crop_scale: float = 0.7
@@ -52,13 +57,14 @@ class DemoRecipe:
     cache_views: int = 2
     classifier_epochs: int = 9
     classifier_lr: float = 5e-4
+    classifier_depth: int | None = None  # backbone blocks the classifier copies (None: all)
     batch_size: int = 32
     thresholds: tuple[float, ...] = THRESHOLDS
 
     @classmethod
     def quick(cls) -> DemoRecipe:
-        return cls(classes=4, train_per_class=40, test_per_class=15, size=112, pretrain_epochs=12,
-                   generator_epochs=5, classifier_epochs=4, cache_views=1)
+        return cls(classes=4, train_per_class=40, test_per_class=15, size=112, heldout_per_class=10,
+                   pretrain_epochs=12, generator_epochs=5, classifier_epochs=4, cache_views=1)
 
 
 def _log(msg: str) -> None:
@@ -98,6 +104,12 @@ def run_demo(
     t_start = time.perf_counter()
 
     # -- data -----------------------------------------------------------------------------
+    if data_path is None and recipe.weights is not None and not recipe.pretrain_backbone:
+        # render at least at the given backbone's resize size (e.g. 256 px for a 224-px ViT-S)
+        from .models.backbone import build_backbone as _bb
+
+        side = int(_bb(recipe.backbone, None, **recipe.backbone_kwargs).img_size[0])
+        recipe = replace(recipe, size=max(recipe.size, round(side * 256 / 224)))
     if data_path is None:
         data_root = out / "data"
         if not (data_root / "images.txt").exists():
@@ -122,25 +134,44 @@ def run_demo(
     _log(f"data: {data.name} ({data_desc}): {len(data.classes)} classes, "
          f"{len(train)} train + {len(heldout)} held-out + {len(test)} test images")
 
-    # -- backbone (stand-in for the pretrained ViT; class labels only) ---------------------
-    from .engine.pretrain import PretrainConfig, pretrain_backbone
+    # -- backbone: pretrained elsewhere and frozen (or, on request, trained here on labels) ---
+    from .models.backbone import build_backbone
+    from .models.embedded import embedded_card, embedded_weights
 
-    bb_dir = out / "backbone"
-    weights = bb_dir / "backbone.safetensors"
-    pre = {}
-    if not weights.exists():
-        pcfg = PretrainConfig(backbone=recipe.backbone, backbone_kwargs=dict(recipe.backbone_kwargs),
-                              epochs=recipe.pretrain_epochs, lr=recipe.pretrain_lr,
-                              crop_scale=recipe.pretrain_crop_scale,
-                              batch_size=recipe.batch_size, workers=0, device=device, seed=seed)
-        pre = timer.run("backbone", lambda: pretrain_backbone(
-            train, heldout, len(data.classes), pcfg, bb_dir, progress=progress, log=_log))
+    pre: dict[str, Any] = {}
+    if recipe.pretrain_backbone:
+        from .engine.pretrain import PretrainConfig, pretrain_backbone
+
+        bb_dir = out / "backbone"
+        weights = str(bb_dir / "backbone.safetensors")
+        if not Path(weights).exists():
+            pcfg = PretrainConfig(backbone=recipe.backbone, backbone_kwargs=dict(recipe.backbone_kwargs),
+                                  epochs=recipe.pretrain_epochs, lr=recipe.pretrain_lr,
+                                  crop_scale=recipe.pretrain_crop_scale,
+                                  batch_size=recipe.batch_size, workers=0, device=device, seed=seed)
+            pre = timer.run("backbone", lambda: pretrain_backbone(
+                train, heldout, len(data.classes), pcfg, bb_dir, progress=progress, log=_log))
+        backbone_desc = f"{recipe.backbone} trained here on the data set's labels"
+    elif recipe.weights is not None:
+        weights = recipe.weights
+        backbone_desc = f"{recipe.backbone} from {weights} (frozen)"
+    else:
+        if recipe.backbone != EMBEDDED_BACKBONE:
+            from .errors import ConfigError
+
+            raise ConfigError(f"backbone {recipe.backbone!r} needs --weights (the embedded weights are "
+                              f"for {EMBEDDED_BACKBONE})")
+        weights = str(embedded_weights())
+        card = embedded_card()
+        backbone_desc = (f"{EMBEDDED_BACKBONE} shipped with locloc (pretrained on "
+                         f"{card['pretrained_on']['classes']} synthetic classes disjoint from the demo's; "
+                         f"frozen)")
+    _log(f"backbone: {backbone_desc}")
 
     # -- stage 1: masks -------------------------------------------------------------------
     from .masks.grabcut import GrabCutMasker
     from .masks.runner import generate_masks
     from .masks.store import MaskStore
-    from .models.backbone import build_backbone
 
     backbone = build_backbone(recipe.backbone, weights, **recipe.backbone_kwargs)
     store = MaskStore(out / "masks")
@@ -168,7 +199,8 @@ def run_demo(
     # -- stage 3: classifier --------------------------------------------------------------
     cls_out = out / "classifier"
     ccfg = ClassifierTrainConfig(out=str(cls_out), epochs=recipe.classifier_epochs, lr=recipe.classifier_lr,
-                                 warmup_epochs=1, generator_dir=str(gen_out / "model"), **common)
+                                 warmup_epochs=1, generator_dir=str(gen_out / "model"),
+                                 classifier_depth=recipe.classifier_depth, **common)
     csum = timer.run("classifier", lambda: train_classifier(
         ccfg, resume="auto", log=_log, progress=progress))
     model_dir = Path(csum["model_dir"])
@@ -182,6 +214,7 @@ def run_demo(
     metrics["model_dir"] = str(model_dir)
     metrics["recipe"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(recipe).items()}
     metrics["masks"] = mstats.to_dict()
+    metrics["backbone"] = {"description": backbone_desc, "name": recipe.backbone, "weights": str(weights)}
     metrics["training"] = {
         "backbone_val_top1": pre.get("val_top1"),
         "generator_best_gt_known_heldout": gsum.get("best_metric"),

@@ -124,6 +124,7 @@ td:first-child,th:first-child{{text-align:left}}img{{max-width:100%;margin:4px}}
 <h1>LocLoc demo report</h1>
 <p><b>Data:</b> {html.escape(str(data.get('description', '')))} — {data.get('classes')} classes,
 {data.get('train')} train, {data.get('heldout')} held-out (carved from train), {data.get('test')} test images.<br>
+<b>Backbone:</b> {html.escape(str(metrics.get('backbone', {}).get('description', '')))}<br>
 <b>Model directory:</b> <code>{html.escape(str(metrics.get('model_dir', '')))}</code>
 (works with <code>locloc predict</code> and <code>locloc evaluate</code>).</p>
 <h2>Results on the test split</h2>

@@ -23,6 +23,9 @@ _EXTRA = [
     ("--label-smoothing", "label_smoothing", dict(type=float)),
     ("--re-prob", "re_prob", dict(type=float, help="random erasing probability")),
     ("--mask-threshold", "mask_threshold", dict(type=float, help="binarize min-max normalised masks above this")),
+    ("--classifier-depth", "classifier_depth", dict(type=int, metavar="N",
+                                                    help="copy only the backbone's first N blocks (default: all; "
+                                                         "fewer is faster on a CPU)")),
 ]
 
 

@@ -100,12 +100,13 @@ class ClassifierTrainConfig(TrainConfig):
     guide_beta: float = 1.0  # lambda ~ Beta(guide_beta, guide_beta); box area = 1 - lambda
     masked_size: int = 256  # images and masks are resized to this square before masking
     generator_dir: str | None = None  # a generator model dir to merge into the output model
+    classifier_depth: int | None = None  # blocks copied from the backbone (None: all of them)
 
 
 C = TypeVar("C", bound=TrainConfig)
 
 _POSITIVE = {"epochs", "batch_size", "val_every", "checkpoint_every"}
-_POSITIVE_OPT = {"steps_per_epoch", "crop_size", "resize_size", "masked_size"}
+_POSITIVE_OPT = {"steps_per_epoch", "crop_size", "resize_size", "masked_size", "classifier_depth"}
 _NON_NEGATIVE = {
     "base_lr", "lr", "min_lr", "warmup_lr", "warmup_epochs", "weight_decay", "clip_grad",
     "workers", "cache_views", "label_smoothing", "color_jitter", "heldout_per_class",

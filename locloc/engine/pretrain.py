@@ -52,18 +52,25 @@ class PretrainConfig(TrainConfig):
 
 
 class _LabelledImages(Dataset):
-    """(image tensor, label) pairs with a train or eval transform."""
+    """(image tensor, label) pairs with a train or eval transform.
 
-    def __init__(self, samples: Sequence[Sample], transform: Any) -> None:
-        self.samples = list(samples)
+    ``items`` are :class:`Sample` records (read from disk) or ``(H x W x 3 uint8 array, label)``
+    pairs held in memory (the pre-training corpus).
+    """
+
+    def __init__(self, items: Sequence[Sample] | Sequence[tuple[Any, int]], transform: Any) -> None:
+        self.items = list(items)
         self.transform = transform
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.items)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        s = self.samples[i]
-        return self.transform(open_image(s.path)), s.label
+        s = self.items[i]
+        if isinstance(s, Sample):
+            return self.transform(open_image(s.path)), s.label
+        image, label = s
+        return self.transform(image), int(label)
 
 
 def _transforms(size: int, mean: Sequence[float], std: Sequence[float], crop_scale: float) -> tuple[Any, Any]:
@@ -85,8 +92,8 @@ def _transforms(size: int, mean: Sequence[float], std: Sequence[float], crop_sca
 
 
 def pretrain_backbone(
-    train: Sequence[Sample],
-    val: Sequence[Sample],
+    train: Sequence[Sample] | Sequence[tuple[Any, int]],
+    val: Sequence[Sample] | Sequence[tuple[Any, int]],
     num_classes: int,
     cfg: PretrainConfig,
     out_dir: str | Path,
@@ -95,6 +102,8 @@ def pretrain_backbone(
     log: Any = None,
 ) -> dict[str, Any]:
     """Train ``cfg.backbone`` (timm, random init) to classify ``train``; freeze-ready weights.
+
+    ``train`` / ``val`` are samples on disk or in-memory ``(H x W x 3 uint8, label)`` pairs.
 
     Writes ``out_dir/backbone.safetensors`` (the ViT without its head, loadable by
     :func:`locloc.models.backbone.build_backbone` with the same kwargs), ``backbone.json``

@@ -91,22 +91,26 @@ class LocalGuideSet(Dataset):
         return {"image": self.transform(img), "label": int(s.label)}
 
 
-def build_classifier(backbone: Any, num_classes: int) -> nn.Module:
-    """An LFDM classifier sized like ``backbone`` (depth, heads, width, MLP ratio, grid) with its
-    blocks and norm copied from the backbone's."""
+def build_classifier(backbone: Any, num_classes: int, depth: int | None = None) -> nn.Module:
+    """An LFDM classifier sized like ``backbone`` (heads, width, MLP ratio, grid, layer scale)
+    with its first ``depth`` blocks (default: all) and its norm copied from the backbone's."""
     from ..models.classifier import LFDMClassifier
 
     vit = backbone.vit
     blk = vit.blocks[0]
+    if depth is not None and not 1 <= depth <= len(vit.blocks):
+        raise ConfigError(f"classifier_depth must be in 1..{len(vit.blocks)} for this backbone, got {depth}")
+    gamma = getattr(getattr(blk, "ls1", None), "gamma", None)
     clf = LFDMClassifier(
         num_classes=num_classes,
         embed_dim=backbone.embed_dim,
-        depth=len(vit.blocks),
+        depth=depth or len(vit.blocks),
         num_heads=backbone.num_heads,
         mlp_ratio=blk.mlp.fc1.out_features / backbone.embed_dim,
         grid_size=backbone.grid_size,
         num_prefix_tokens=backbone.num_prefix_tokens,
         qkv_bias=blk.attn.qkv.bias is not None,
+        init_values=None if gamma is None else 1.0,  # placeholder: the backbone's gammas are copied
     )
     clf.init_from_backbone(backbone)
     return clf
@@ -177,7 +181,7 @@ def merge_model_dir(generator_dir: str | Path, classifier_run: str | Path, out_d
     wpath = classifier_run / CLASSIFIER_FILE
     load_strict(clf, load_file(str(wpath)), "LFDM classifier", wpath)
     model = LocLocModel(gen_model.backbone, clf, gen_model.generator)
-    cfg = {k: gcfg[k] for k in ("normalization", "input", "thresholds") if k in gcfg}
+    cfg = {k: gcfg[k] for k in ("normalization", "input", "thresholds", "source") if k in gcfg}
     cfg["class_names"] = info["class_names"]
     save_model_dir(out_dir, model, cfg)
     return Path(out_dir)
@@ -248,7 +252,7 @@ def train_classifier(
                               cfg.local_guide, cfg.guide_beta)
     num_classes = setup.dataset.num_classes
     torch.manual_seed(cfg.seed)
-    classifier = build_classifier(bb, num_classes)
+    classifier = build_classifier(bb, num_classes, cfg.classifier_depth)
     smoothing = cfg.label_smoothing
 
     def step(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -262,7 +266,7 @@ def train_classifier(
                       dist=d, on_epoch_end=on_epoch_end, log=log, progress=progress)
     summary = trainer.fit(resume=ckpt)
     if d.is_main:
-        final = build_classifier(bb, num_classes)
+        final = build_classifier(bb, num_classes, cfg.classifier_depth)
         src = trainer.model.module if d.distributed else trainer.model
         final.load_state_dict(src.state_dict())
         save_classifier(out, final, setup.dataset.classes, bb)

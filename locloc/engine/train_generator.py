@@ -52,6 +52,7 @@ class StageSetup:
     std: tuple[float, ...]
     store: Any  # MaskStore / HDF5Store
     skipped: list[str] = field(default_factory=list)  # unreadable images left out (skip_bad)
+    backbone_source: dict[str, str] = field(default_factory=dict)  # weights file and its SHA-256
 
 
 def _require(cfg: TrainConfig, *keys: str) -> None:
@@ -119,8 +120,21 @@ def prepare_stage(cfg: TrainConfig, dist: DistInfo | None = None, log: Callable[
     return StageSetup(
         dist=dist, dataset=ds, train=train, val=val, backbone=backbone, crop=crop, resize=resize,
         mean=tuple(float(v) for v in dc["mean"]), std=tuple(float(v) for v in dc["std"]), store=store,
-        skipped=skipped,
+        skipped=skipped, backbone_source=backbone_source(cfg.weights),
     )
+
+
+def backbone_source(weights: str | Path | None) -> dict[str, str]:
+    """What a model directory records of its backbone weights: the file (or hub name) and,
+    for a local file, its SHA-256."""
+    from ..models.embedded import file_sha256
+
+    if weights is None:
+        return {}
+    src = {"backbone_weights": str(weights)}
+    if Path(weights).is_file():
+        src["backbone_sha256"] = file_sha256(weights)
+    return src
 
 
 def nan_padded_to_list(boxes: torch.Tensor) -> list[np.ndarray]:
@@ -148,6 +162,8 @@ def model_dir_config(setup: StageSetup, thresholds: dict[str, Any] | None = None
     }
     if thresholds:
         cfg["thresholds"] = thresholds
+    if setup.backbone_source:
+        cfg["source"] = dict(setup.backbone_source)
     return cfg
 
 

@@ -38,6 +38,7 @@ class LFDMClassifier(nn.Module):
         num_prefix_tokens: int = 1,
         qkv_bias: bool = True,
         drop_path_rate: float = 0.0,
+        init_values: float | None = None,
     ):
         super().__init__()
         self.num_classes = int(num_classes)
@@ -49,12 +50,13 @@ class LFDMClassifier(nn.Module):
             "num_heads": int(num_heads), "mlp_ratio": float(mlp_ratio), "grid_size": list(self.grid_size),
             "num_prefix_tokens": self.num_prefix_tokens, "qkv_bias": bool(qkv_bias),
             "drop_path_rate": float(drop_path_rate),
+            "init_values": None if init_values is None else float(init_values),
         }
         norm = partial(nn.LayerNorm, eps=1e-6)
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks_mini = nn.Sequential(*[
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, drop_path=dpr[i],
-                  act_layer=nn.GELU, norm_layer=norm)
+                  init_values=init_values, act_layer=nn.GELU, norm_layer=norm)
             for i in range(depth)
         ])
         self.norm_mini = norm(embed_dim)
