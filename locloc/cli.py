@@ -25,6 +25,7 @@ COMMANDS = (
     "evaluate",
     "predict",
     "convert",
+    "import_backbone",
     "demo",
 )
 

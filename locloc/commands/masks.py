@@ -24,7 +24,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default="deit_small_patch16_224", help="timm ViT name")
     p.add_argument("--backbone-kwargs", "--backbone-args", dest="backbone_args", default=None, metavar="JSON",
                    help='extra timm.create_model arguments, e.g. \'{"img_size": 64, "depth": 2}\'')
-    p.add_argument("--weights", default=None, help="local backbone weights file (required unless --import-h5)")
+    p.add_argument("--weights", default=None, metavar="FILE|hf-hub:ORG/NAME",
+                   help="backbone weights: a local file in any known layout, or an opt-in hub name "
+                        "(required unless --import-h5)")
+    p.add_argument("--attention-blocks", type=int, nargs="+", default=None, metavar="I",
+                   help="blocks whose CLS attention seeds the trimap, averaged (negative: from the end; "
+                        "default: the backbone family's, -1 or for DINOv2 -2 -1)")
     p.add_argument("--allow-random-backbone", action="store_true",
                    help="run without --weights (random backbone: meaningless masks; for tests)")
     p.add_argument("--workers", type=int, default=1, help="GrabCut processes (0: in the main process)")
@@ -72,9 +77,16 @@ def _backbone(args: argparse.Namespace):
                 "--weights FILE is required: masks from a random backbone are meaningless "
                 "(pass --allow-random-backbone to do it anyway, e.g. in tests)"
             )
-    elif not Path(args.weights).is_file():
-        raise DataError(f"{args.weights}: backbone weights file not found")
-    return build_backbone(args.backbone, args.weights, **kwargs)
+    else:
+        from ..models.hub import is_hub_name
+
+        if not is_hub_name(args.weights) and not Path(args.weights).is_file():
+            raise DataError(f"{args.weights}: backbone weights file not found")
+    backbone = build_backbone(args.backbone, args.weights, **kwargs)
+    if args.attention_blocks:
+        backbone.attention_blocks = tuple(args.attention_blocks)
+        backbone.attention_block_ids()  # validate against the depth now, not mid-run
+    return backbone
 
 
 def _device(name: str):
@@ -132,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         )
         device = _device(args.device)
         backbone = _backbone(args).to(device)
-        summary = {"masker": masker.config(), "splits": {}}
+        summary = {"masker": masker.config(), "attention_blocks": list(backbone.attention_blocks), "splits": {}}
         for name, samples in splits:
             stats = generate_masks(
                 samples, backbone, store, masker, batch_size=args.batch_size, workers=args.workers,

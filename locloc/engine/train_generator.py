@@ -128,12 +128,14 @@ def backbone_source(weights: str | Path | None) -> dict[str, str]:
     """What a model directory records of its backbone weights: the file (or hub name) and,
     for a local file, its SHA-256."""
     from ..models.embedded import file_sha256
+    from ..models.hub import resolve_weights
 
     if weights is None:
         return {}
     src = {"backbone_weights": str(weights)}
-    if Path(weights).is_file():
-        src["backbone_sha256"] = file_sha256(weights)
+    path = resolve_weights(weights)  # a hub name: the cached file the backbone was built from
+    if path.is_file():
+        src["backbone_sha256"] = file_sha256(path)
     return src
 
 

@@ -106,6 +106,7 @@ def quality_report(
 
     have = [s for s in samples if store.has(s.relpath)]
     gc, att = MaskQuality(), MaskQuality()
+    per_image: list[dict[str, Any]] = []
     for k in range(0, len(have), batch_size):
         batch = have[k : k + batch_size]
         grids = None
@@ -115,18 +116,29 @@ def quality_report(
             m = store.read(s.relpath)
             gt = read_gt_mask(s.mask_path, m.shape)
             gc.update(m, s.boxes, gt)
+            row: dict[str, Any] = {"image": s.relpath, "gt_boxes": np.asarray(s.boxes).tolist(),
+                                   "grabcut_box": mask_box(m).tolist()}
+            if len(s.boxes):
+                row["grabcut_iou"] = float(box_iou(mask_box(m), s.boxes).max())
             if grids is not None:
-                att.update(attention_mask(grids[j], m.shape, attention_threshold), s.boxes, gt)
+                am = attention_mask(grids[j], m.shape, attention_threshold)
+                att.update(am, s.boxes, gt)
+                row["attention_box"] = mask_box(am).tolist()
+                if len(s.boxes):
+                    row["attention_iou"] = float(box_iou(mask_box(am), s.boxes).max())
+            per_image.append(row)
     return {
         "grabcut": gc.compute(),
         "attention": att.compute() if backbone is not None else None,
         "attention_threshold": attention_threshold if backbone is not None else None,
         "missing": len(samples) - len(have),
+        "per_image": per_image,
     }
 
 
-def format_report(report: dict[str, Any]) -> str:
-    """A small text table of :func:`quality_report`'s result."""
+def format_report(report: dict[str, Any], per_image_limit: int = 50) -> str:
+    """A small text table of :func:`quality_report`'s result; with at most
+    ``per_image_limit`` images, one line per image too (boxes ``x0 y0 x1 y1`` and IoUs)."""
 
     def f(v: Any) -> str:
         return "   -  " if v is None else f"{v:6.3f}"
@@ -140,6 +152,17 @@ def format_report(report: dict[str, Any]) -> str:
             f"{name:<16}{r['n_boxes']:>6}{f(r['mean_box_iou']):>10}"
             f"{f(r['box_acc_50']):>10}{f(r['mean_mask_iou']):>10}"
         )
+    rows_ = report.get("per_image") or []
+    if 0 < len(rows_) <= per_image_limit:
+        def b(box: Any) -> str:
+            return " ".join(f"{v:.0f}" for v in box)
+
+        lines.append("")
+        lines.append(f"{'image':<34}{'GrabCut box':>22}{'IoU':>7}{'attention box':>22}{'IoU':>7}")
+        for r in rows_:
+            ab = b(r["attention_box"]) if "attention_box" in r else "-"
+            lines.append(f"{r['image'][-34:]:<34}{b(r['grabcut_box']):>22}{f(r.get('grabcut_iou')):>7}"
+                         f"{ab:>22}{f(r.get('attention_iou')):>7}")
     return "\n".join(lines)
 
 

@@ -105,7 +105,8 @@ def load_backbone_batch(samples: Sequence[Any], backbone: Any) -> Any:
 
 
 def attention_grids(backbone: Any, images: Any, device: Any = "cpu") -> np.ndarray:
-    """CLS->patch attention of the last block, heads averaged: ``B x gh x gw`` float32."""
+    """CLS->patch attention (the backbone's ``attention_blocks``), heads averaged:
+    ``B x gh x gw`` float32."""
     import torch
 
     with torch.inference_mode():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from ..fileio import atomic_save, write_json
 from .backbone import FrozenViT, build_backbone
 from .classifier import LFDMClassifier
 from .generator import GENERATORS, DeconvGenerator, UNetGenerator
+from .layouts import POS_EMBED_RULES, detect_layout, resample_pos_embed, to_timm
 from .pipeline import LocLocModel
 
 __all__ = [
@@ -33,11 +35,14 @@ __all__ = [
     "load_model_dir",
     "load_state_dict_file",
     "load_strict",
+    "read_checkpoint",
+    "save_backbone_file",
     "remap_state_dict",
     "save_model_dir",
 ]
 
-SOURCES = ("deit", "dino", "timm", "reference_classifier", "reference_unet", "reference_deconv", "locloc")
+BACKBONE_SOURCES = ("deit", "timm", "dino", "dinov2", "hf")
+SOURCES = (*BACKBONE_SOURCES, "reference_classifier", "reference_unet", "reference_deconv", "locloc")
 _WRAPPERS = ("state_dict", "model", "module", "teacher", "model_ema", "state_dict_ema")
 _PREFIXES = ("module.", "_orig_mod.")
 MODEL_FILE = "model.safetensors"
@@ -62,6 +67,21 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
     ``model``, ``module``, DINO's ``teacher``, ...) are unwrapped and ``module.`` /
     ``_orig_mod.`` prefixes stripped. Raises :class:`CheckpointError` naming the file.
     """
+    return read_checkpoint(path).state_dict
+
+
+@dataclass
+class CheckpointFile:
+    """A checkpoint as read from disk: the flat state dict and what it was wrapped in."""
+
+    state_dict: dict[str, Tensor]
+    wrapper: str | None  # the outermost wrapper key the dict sat under (``model``, ``teacher``, ...)
+    file_kind: str  # ``safetensors`` | ``pickle``
+    metadata: dict[str, str]  # safetensors header metadata ({} for pickles)
+
+
+def read_checkpoint(path: str | Path) -> CheckpointFile:
+    """:func:`load_state_dict_file` plus the wrapper key and safetensors metadata."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint file not found")
@@ -69,12 +89,23 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
         raise CheckpointError(f"{path}: expected a checkpoint file, found a directory")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: checkpoint file is empty (0 bytes)")
+    metadata: dict[str, str] = {}
     if path.suffix == ".safetensors":
         obj = _load_safetensors(path)
+        metadata = _safetensors_metadata(path)
+        kind = "safetensors"
     else:
         obj = _load_pickle(path)
-    sd = _unwrap(obj, path)
-    return _strip_prefixes(sd)
+        kind = "pickle"
+    sd, wrapper = _unwrap(obj, path)
+    return CheckpointFile(_strip_prefixes(sd), wrapper, kind, metadata)
+
+
+def _safetensors_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
 
 
 def _load_safetensors(path: Path) -> dict[str, Tensor]:
@@ -110,14 +141,15 @@ def _load_pickle(path: Path) -> Any:
         ) from None
 
 
-def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
+def _unwrap(obj: Any, path: Path) -> tuple[dict[str, Tensor], str | None]:
+    wrapper = None
     for _ in range(4):
         if not isinstance(obj, dict):
             break
-        inner = next((obj[k] for k in _WRAPPERS if isinstance(obj.get(k), dict)), None)
-        if inner is None or all(isinstance(v, Tensor) for v in obj.values()):
+        key = next((k for k in _WRAPPERS if isinstance(obj.get(k), dict)), None)
+        if key is None or all(isinstance(v, Tensor) for v in obj.values()):
             break
-        obj = inner
+        obj, wrapper = obj[key], wrapper or key
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: not a state dict (the file holds a {type(obj).__name__})")
     bad = [k for k, v in obj.items() if not isinstance(v, Tensor)]
@@ -127,7 +159,7 @@ def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
             f"{path}: not a state dict: {len(bad)} of {len(obj)} entries are not tensors "
             f"(e.g. {shown}); expected {{key: tensor}} or one of the wrappers {list(_WRAPPERS)}"
         )
-    return {str(k): v for k, v in obj.items()}
+    return {str(k): v for k, v in obj.items()}, wrapper
 
 
 def _strip_prefixes(sd: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -160,7 +192,7 @@ def detect_kind(sd: dict[str, Tensor]) -> str:
         return "light"
     if "blocks_mini.0.attn.qkv.weight" in keys or "classifier.0.weight" in keys:
         return "classifier"
-    if any(k.endswith("patch_embed.proj.weight") for k in keys):
+    if any(k.endswith(("patch_embed.proj.weight", "embeddings.patch_embeddings.projection.weight")) for k in keys):
         return "backbone"
     return "unknown"
 
@@ -182,37 +214,59 @@ def describe_state_dict(sd: dict[str, Tensor]) -> str:
         depth = len({k.split(".")[1] for k in sd if k.startswith("blocks_mini.")})
         return f"an LFDM classifier checkpoint ({n}{depth} blocks)"
     if kind == "backbone":
-        depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
-        w = next(v for k, v in sd.items() if k.endswith("patch_embed.proj.weight"))
+        depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")}) or len(
+            {m.group(1) for k in sd if (m := re.search(r"encoder\.layer\.(\d+)\.", k))})
+        w = next(v for k, v in sd.items()
+                 if k.endswith(("patch_embed.proj.weight", "embeddings.patch_embeddings.projection.weight")))
         return f"a ViT backbone checkpoint ({w.shape[0]} dims, {depth} blocks, {tuple(w.shape[-2:])} patches)"
     return f"an unrecognized layout (first keys: {', '.join(list(sd)[:3])})"
 
 
-def remap_state_dict(sd: dict[str, Tensor], source: str, model: nn.Module | None = None) -> dict[str, Tensor]:
+def remap_state_dict(
+    sd: dict[str, Tensor], source: str, model: nn.Module | None = None, rule: str | None = None
+) -> dict[str, Tensor]:
     """Map a state dict from ``source`` (one of :data:`SOURCES`) to our module's key layout.
 
-    Backbone sources (``deit``, ``dino``, ``timm``) drop classification / projection heads
-    and, given the ``model`` (a :class:`FrozenViT`), go through timm's ViT checkpoint filter
-    (position embedding resampling for another grid, old patch-embed layouts). The reference
-    heads and ``locloc`` files already use our keys.
+    Backbone sources (``deit``, ``timm``, ``dino``, ``dinov2``, ``hf``; see
+    :mod:`locloc.models.layouts`) go to timm keys without heads and, given the ``model`` (a
+    :class:`FrozenViT`), get their position grid resampled with the source's own rule
+    (``rule`` overrides it) and go through timm's ViT checkpoint filter. The reference heads
+    and ``locloc`` files already use our keys.
     """
     if source not in SOURCES:
         raise ValueError(f"unknown checkpoint source {source!r}; choose one of {SOURCES}")
-    if source in ("deit", "dino", "timm"):
-        if source == "dino":
-            sd = {k[len("backbone."):] if k.startswith("backbone.") else k: v for k, v in sd.items()}
-        sd = {k: v for k, v in sd.items() if not k.startswith(("head.", "head_dist."))}
+    if source in BACKBONE_SOURCES:
+        layout = "timm" if source == "deit" else source
+        try:
+            sd = to_timm(sd, layout)
+        except KeyError as e:
+            raise CheckpointError(f"unknown key {e.args[0]!r} for a {layout} backbone layout") from None
         if isinstance(model, FrozenViT):
-            from timm.models.vision_transformer import checkpoint_filter_fn
-
-            sd = checkpoint_filter_fn(sd, model.vit)
-            own = model.vit.state_dict()
-            # Final norm-like layers the model has but a DINO/headless file may lack stay at init.
-            for k in ("fc_norm.weight", "fc_norm.bias"):
-                if k in own and k not in sd:
-                    sd[k] = own[k]
+            sd = fit_to_vit(sd, model.vit, rule or POS_EMBED_RULES[layout])
         return sd
     return dict(sd)
+
+
+def fit_to_vit(sd: dict[str, Tensor], vit: nn.Module, rule: str) -> dict[str, Tensor]:
+    """timm-keyed backbone weights fitted to ``vit``: the position grid resampled with ``rule``
+    (see :mod:`locloc.models.layouts`), then timm's own filter for patch-embed layouts."""
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    pe = sd.get("pos_embed")
+    own_pe = getattr(vit, "pos_embed", None)
+    if pe is not None and own_pe is not None and pe.shape[1] != own_pe.shape[1]:
+        prefix = 0 if getattr(vit, "no_embed_class", False) else int(vit.num_prefix_tokens)
+        try:
+            sd = {**sd, "pos_embed": resample_pos_embed(pe, tuple(vit.patch_embed.grid_size), prefix, rule)}
+        except ValueError as e:
+            raise CheckpointError(f"cannot fit the position embedding {list(pe.shape)} to the model: {e}") from None
+    sd = checkpoint_filter_fn(sd, vit)
+    own = vit.state_dict()
+    # Final norm-like layers the model has but a DINO/headless file may lack stay at init.
+    for k in ("fc_norm.weight", "fc_norm.bias"):
+        if k in own and k not in sd:
+            sd[k] = own[k]
+    return sd
 
 
 def load_strict(model: nn.Module, sd: dict[str, Tensor], what: str, path: str | Path) -> None:
@@ -246,19 +300,44 @@ def _show(items: list[str]) -> str:
     return ", ".join(items[:_SHOW]) + more
 
 
-def load_backbone_weights(backbone: FrozenViT, path: str | Path, source: str = "auto") -> None:
-    """Load a local backbone file (DeiT ``{'model': sd}``, DINO, timm, safetensors) strictly."""
-    sd = load_state_dict_file(path)
+def load_backbone_weights(backbone: FrozenViT, path: str | Path, source: str = "auto") -> str:
+    """Load backbone weights strictly: a local file in any layout of
+    :mod:`locloc.models.layouts` (DeiT ``{'model': sd}``, DINO, DINOv2, Hugging Face, timm,
+    safetensors, a saved LocLoc model) or an opt-in ``hf-hub:ORG/NAME`` name (safetensors,
+    through the local Hugging Face cache; see :func:`locloc.models.hub.resolve_weights`).
+
+    Returns the path of the file read.
+    """
+    from .hub import resolve_weights
+
+    path = resolve_weights(path)
+    ck = read_checkpoint(path)
+    sd = ck.state_dict
     kind = detect_kind(sd)
     if kind == "locloc":  # reuse the backbone of a saved LocLoc model
         sd = {k[len("backbone.vit."):]: v for k, v in sd.items() if k.startswith("backbone.vit.")}
-        kind, source = "backbone", "locloc"
+        kind, source = "backbone", "timm"
     if kind not in ("backbone", "unknown") and not any(k.startswith("backbone.") for k in sd):
         raise CheckpointError(f"{path}: not a backbone checkpoint: the file looks like {describe_state_dict(sd)}")
     if source == "auto":
-        source = "dino" if any(k.startswith("backbone.") for k in sd) else "timm"
-    sd = remap_state_dict(sd, source, backbone)
+        source = detect_layout(sd, ck.wrapper, ck.file_kind)
+    rule = ck.metadata.get("locloc.pos_embed_rule")
+    try:
+        sd = remap_state_dict(sd, source, backbone, rule=rule)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     load_strict(backbone.vit, sd, f"backbone {backbone.name}", path)
+    return str(path)
+
+
+def save_backbone_file(sd: dict[str, Tensor], out: str | Path, timm_name: str, source: str, rule: str) -> None:
+    """Write timm-keyed weights atomically (float32), recording the position-grid resampling
+    ``rule`` (:func:`locloc.models.layouts.resample_pos_embed`) in the metadata."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in sd.items()}
+    meta = {"timm_name": timm_name, "locloc.pos_embed_rule": rule, "locloc.source": source}
+    atomic_save(Path(out), lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 # -------------------------------------------------------------------- reference release
