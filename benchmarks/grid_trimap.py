@@ -38,13 +38,18 @@ def main() -> None:
     ap.add_argument("--split", default="test")
     ap.add_argument("--n", type=int, default=80, help="images (every k-th of the split)")
     ap.add_argument("--iterations", type=int, default=5)
+    ap.add_argument("--attention-blocks", type=int, nargs="+", default=None,
+                    help="blocks whose CLS attention is averaged (default: the backbone family's)")
     args = ap.parse_args()
 
     data = load_dataset(args.data_path)
     samples = data.split(args.split)
     samples = samples[:: max(1, len(samples) // args.n)][: args.n]
     bb = build_backbone(args.backbone, args.weights, **json.loads(args.backbone_kwargs))
-    grids = attention_grids(bb, load_backbone_batch(samples, bb))
+    if args.attention_blocks:
+        bb.attention_blocks = tuple(args.attention_blocks)
+    grids = np.concatenate([attention_grids(bb, load_backbone_batch(samples[k:k + 32], bb))
+                            for k in range(0, len(samples), 32)])
     images = [np.asarray(open_image(s.path)) for s in samples]
     gts = [read_gt_mask(s.mask_path, im.shape[:2]) if s.mask_path else None for s, im in zip(samples, images)]
 
@@ -55,7 +60,8 @@ def main() -> None:
         r = q.compute()
         return r["box_acc_50"], r["mean_box_iou"], r.get("mean_mask_iou")
 
-    print(f"{len(samples)} images of {args.data_path} ({args.split}); backbone {args.backbone}")
+    print(f"{len(samples)} images of {args.data_path} ({args.split}); backbone {args.backbone}, "
+          f"attention blocks {list(bb.attention_blocks)}")
     print(f"{'method':34} {'box IoU>=.5':>11} {'box IoU':>8} {'mask IoU':>9} {'s':>6}")
     for t in (0.1, 0.2, 0.3, 0.5):
         t0 = time.perf_counter()

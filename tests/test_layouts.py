@@ -276,3 +276,24 @@ def test_hub_name_not_cached_offline_is_one_line(tmp_path, synthetic_root):
 def test_malformed_hub_names_are_refused(name):
     with pytest.raises(CheckpointError, match="not a hub weights name"):
         build_backbone(V2, name, **TINY)
+
+
+def test_stage1_defaults_travel_in_the_weights_metadata(tmp_path):
+    from locloc.masks.grabcut import TrimapConfig, trimap_for
+
+    src = _source()
+    path = tmp_path / "w.safetensors"
+    stage1 = {"trimap": {"fg_frac": 0.7, "bg_frac": 0.1, "mid_frac": 0.3}, "attention_blocks": [-1]}
+    save_file(dict(src.vit.state_dict()), str(path), metadata={"locloc.stage1": json.dumps(stage1)})
+    bb = build_backbone(V2, path, **TINY)
+    assert bb.attention_blocks == (-1,)  # the file's choice over the DINOv2 family default
+    t = trimap_for(bb)
+    assert (t.fg_frac, t.bg_frac, t.mid) == (0.7, 0.1, 0.3)
+    t = trimap_for(bb, fg_frac=0.5, bg_frac=None)  # a user's cut: the library's mid rule between the cuts
+    assert (t.fg_frac, t.bg_frac) == (0.5, 0.1) and t.mid == pytest.approx(0.1 + 0.4 / 20)
+    plain = build_backbone(V2, None, **TINY)
+    assert plain.attention_blocks == (-2, -1) and trimap_for(plain) == TrimapConfig()
+    bad = tmp_path / "bad.safetensors"
+    save_file(dict(src.vit.state_dict()), str(bad), metadata={"locloc.stage1": "{not json"})
+    with pytest.raises(CheckpointError, match="locloc.stage1"):
+        build_backbone(V2, bad, **TINY)

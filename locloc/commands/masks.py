@@ -38,7 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iterations", type=int, default=5, help="GrabCut iterations")
     p.add_argument("--work-size", type=int, default=256,
                    help="GrabCut working resolution (longer side, px); 0 = full resolution")
-    p.add_argument("--fg", type=float, default=None, help="trimap sure-foreground cut (library default)")
+    p.add_argument("--fg", type=float, default=None,
+                   help="trimap sure-foreground cut (default: the weights file's, else the library's)")
     p.add_argument("--bg", type=float, default=None, help="trimap sure-background cut (library default)")
     p.add_argument("--border", type=float, default=None, help="trimap border band, fraction of the shorter side")
     p.add_argument("--seed", type=int, default=0, help="cv2 RNG seed for GrabCut")
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data import load_dataset
     from ..data.datasets import skipped_message
     from ..errors import ConfigError
-    from ..masks.grabcut import GrabCutMasker, TrimapConfig
+    from ..masks.grabcut import GrabCutMasker, trimap_for
     from ..masks.quality import format_report, quality_report, write_report
     from ..masks.runner import generate_masks, parse_shard, resolve_shard
     from ..masks.store import MaskStore, import_reference_h5, pack_hdf5
@@ -134,16 +135,14 @@ def run(args: argparse.Namespace) -> int:
         n = import_reference_h5(args.import_h5, splits[0][1], store)
         print(f"imported {n} masks from {args.import_h5} into {out}")
     else:
-        given = (("fg_frac", args.fg), ("bg_frac", args.bg), ("border_frac", args.border))
-        trimap = {k: v for k, v in given if v is not None}
+        device = _device(args.device)
+        backbone = _backbone(args).to(device)
         masker = GrabCutMasker(
-            TrimapConfig(**trimap),
+            trimap_for(backbone, fg_frac=args.fg, bg_frac=args.bg, border_frac=args.border),
             iterations=args.iterations,
             work_size=args.work_size or None,
             seed=args.seed,
         )
-        device = _device(args.device)
-        backbone = _backbone(args).to(device)
         summary = {"masker": masker.config(), "attention_blocks": list(backbone.attention_blocks), "splits": {}}
         for name, samples in splits:
             stats = generate_masks(

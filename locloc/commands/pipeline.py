@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data import load_dataset
     from ..engine.config import ClassifierTrainConfig, GeneratorTrainConfig, load_config, read_config_file
     from ..errors import ConfigError
-    from ..masks.grabcut import GrabCutMasker, TrimapConfig
+    from ..masks.grabcut import GrabCutMasker, trimap_for
     from ..masks.runner import generate_masks
     from ..masks.store import MaskStore
     from ..models.backbone import build_backbone
@@ -89,8 +89,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"[pipeline] masks: {len(todo)} of {len(samples)} images to do", file=sys.stderr)
         backbone = build_backbone(shared.get("backbone", "deit_small_patch16_224"), shared["weights"],
                                   **shared.get("backbone_kwargs", {}))
-        trimap = TrimapConfig(**{k: v for k, v in (("fg_frac", msec.get("fg")), ("bg_frac", msec.get("bg")),
-                                                    ("border_frac", msec.get("border"))) if v is not None})
+        trimap = trimap_for(backbone, fg_frac=msec.get("fg"), bg_frac=msec.get("bg"), border_frac=msec.get("border"))
         masker = GrabCutMasker(trimap, iterations=msec.get("iterations", 5), work_size=msec.get("work_size", 256),
                                seed=shared.get("seed", 0))
         generate_masks(samples, backbone, store, masker, batch_size=msec.get("batch_size", 32),

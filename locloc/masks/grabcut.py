@@ -159,6 +159,21 @@ def _border_width(h: int, w: int, frac: float) -> int:
     return max(1, int(round(frac * min(h, w))))
 
 
+def trimap_for(backbone: object, **overrides: float | str | None) -> TrimapConfig:
+    """The trimap for ``backbone``: its weights file's stage-1 defaults (``backbone.stage1``,
+    recorded in the safetensors metadata by whoever tuned them, e.g. the embedded backbone's
+    pre-training script), then the library's, with ``overrides`` that are not None on top."""
+    base = dict(getattr(backbone, "stage1", {}).get("trimap", {}))
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if ("fg_frac" in given or "bg_frac" in given) and "mid_frac" not in given:
+        base.pop("mid_frac", None)  # new cuts: the library's mid rule between them
+    base.update(given)
+    try:
+        return TrimapConfig(**base)
+    except TypeError as e:
+        raise ConfigError(f"bad trimap settings {base}: {e}") from None
+
+
 class GrabCutMasker:
     """Turns (image, attention grid) pairs into binary masks with ``cv2.grabCut``.
 

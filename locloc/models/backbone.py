@@ -69,6 +69,9 @@ class FrozenViT(nn.Module):
         # blocks whose CLS attention is averaged (indices, negative from the end); stage 1 may
         # choose others (locloc masks --attention-blocks)
         self.attention_blocks: tuple[int, ...] = default_attention_blocks(name)
+        # stage-1 defaults that came with the weights file (``locloc.stage1`` metadata:
+        # ``{"trimap": {...}, "attention_blocks": [...]}``); {} for files without them
+        self.stage1: dict[str, Any] = {}
         self.requires_grad_(False)
         super().train(False)
 

@@ -327,6 +327,14 @@ def load_backbone_weights(backbone: FrozenViT, path: str | Path, source: str = "
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
     load_strict(backbone.vit, sd, f"backbone {backbone.name}", path)
+    stage1 = ck.metadata.get("locloc.stage1")
+    if stage1:
+        try:
+            backbone.stage1 = dict(json.loads(stage1))
+        except (json.JSONDecodeError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: the 'locloc.stage1' metadata is not a JSON object") from None
+        if backbone.stage1.get("attention_blocks"):
+            backbone.attention_blocks = tuple(int(b) for b in backbone.stage1["attention_blocks"])
     return str(path)
 
 
