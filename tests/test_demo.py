@@ -31,14 +31,23 @@ def test_demo_writes_report_and_metrics(demo_dir):
     assert m["best"]["threshold"] in m["thresholds"]
 
 
-def test_demo_beats_chance(demo_dir):
+def test_demo_beats_chance_and_its_baselines(demo_dir):
+    """--quick on the shipped backbone (measured, seed 0, 2 cores): GEG GT-known 88.33, centre
+    box 35.00, raw attention 85.00, GrabCut directly 85.00; Top-1 Cls 76.67 on 4 classes."""
     m = json.loads((demo_dir / "metrics.json").read_text())
+    b = m["baselines"]
     chance = 100.0 / m["data"]["classes"]
-    assert m["top1_cls"] > chance + 10
+    assert m["top1_cls"] > chance + 30
     assert m["top5_cls"] >= m["top1_cls"]
-    # a random box rarely has IoU >= 0.5; every localizer here must do clearly better
-    assert m["best"]["gt_known_loc"] > 20
-    assert m["baselines"]["grabcut_masks"]["gt_known_loc"] > 20
+    geg = m["best"]["gt_known_loc"]
+    assert geg >= b["centre_box"]["gt_known_loc"] + 30
+    assert geg >= b["raw_attention"]["gt_known_loc"]
+    assert geg >= b["grabcut_masks"]["gt_known_loc"]
+    assert m["backbone"]["name"] == "locloc_vit_tiny_cs8" and "shipped with locloc" in m["backbone"]["description"]
+    cfg = json.loads((demo_dir / "classifier" / "model" / "config.json").read_text())
+    from locloc.models.embedded import embedded_card
+
+    assert cfg["source"]["backbone_sha256"] == embedded_card()["sha256"]
 
 
 def test_demo_model_dir_works_with_predict_and_evaluate(demo_dir, tmp_path, capsys):
@@ -61,7 +70,7 @@ def test_demo_is_deterministic_for_a_seed(tmp_path):
     from locloc.demo import DemoRecipe, run_demo
 
     tiny = DemoRecipe(classes=3, train_per_class=12, test_per_class=4, size=112, heldout_per_class=2,
-                      pretrain_epochs=2, generator_epochs=1, classifier_epochs=1, cache_views=1,
+                      generator_epochs=1, classifier_epochs=1, cache_views=1,
                       mask_workers=0, batch_size=8, grabcut_iterations=1)
     runs = [run_demo(tmp_path / name, seed=3, recipe=tiny, device="cpu", progress=False) for name in "ab"]
     volatile = {"timings_s", "report", "model_dir", "data"}
@@ -69,7 +78,7 @@ def test_demo_is_deterministic_for_a_seed(tmp_path):
     for r in (a, b):
         r["masks"] = {k: v for k, v in r["masks"].items() if k not in ("seconds", "images_per_s")}
     assert a == b
-    for rel in ("backbone/backbone.safetensors", "classifier/model/model.safetensors"):
+    for rel in ("generator/model/model.safetensors", "classifier/model/model.safetensors"):
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
     masks_a = sorted((tmp_path / "a" / "masks").rglob("*.png"))
     assert masks_a and [p.read_bytes() for p in masks_a] == [

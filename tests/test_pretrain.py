@@ -48,3 +48,55 @@ def test_pretrained_backbone_loads_strictly_without_its_head(tmp_path: Path) -> 
     bb = build_backbone(cfg.backbone, out["weights"], **TINY)  # strict: raises on any key mismatch
     res = bb(torch.zeros(1, 3, 32, 32), with_attention=True)
     assert res.attention is not None and res.attention.shape[1] == TINY["num_heads"]
+
+
+def test_objectness_loss_is_zero_only_when_attention_matches_the_mask() -> None:
+    from locloc.engine.pretrain import _objectness_loss
+
+    mask = torch.zeros(2, 8, 8)
+    mask[:, :4, :4] = 1  # object in the top-left patch of a 2 x 2 grid
+    on = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.97, 0.01, 0.01, 0.01]])
+    off = torch.tensor([[0.0, 0.0, 0.0, 1.0], [0.25, 0.25, 0.25, 0.25]])
+    assert float(_objectness_loss(on[:1], mask[:1], (2, 2))) == pytest.approx(0.0, abs=1e-6)
+    assert float(_objectness_loss(off, mask, (2, 2))) > 1.0
+    assert float(_objectness_loss(on, mask, (2, 2))) < float(_objectness_loss(off, mask, (2, 2)))
+    # an object the crop cut away contributes nothing (and is no NaN)
+    empty = torch.zeros(1, 8, 8)
+    assert float(_objectness_loss(off[:1], empty, (2, 2))) == 0.0
+
+
+def test_training_attention_equals_the_frozen_backbones() -> None:
+    import timm
+
+    from locloc.engine.pretrain import _forward_with_attention
+
+    torch.manual_seed(0)
+    vit = timm.create_model("locloc_vit_tiny_cs8", num_classes=5, **TINY).eval()
+    x = torch.randn(2, 3, 32, 32)
+    logits, att = _forward_with_attention(vit, x)
+    assert torch.allclose(logits, vit(x), atol=1e-5)
+    bb = build_backbone("locloc_vit_tiny_cs8", None, **TINY)
+    bb.vit.load_state_dict({k: v for k, v in vit.state_dict().items() if not k.startswith("head.")}, strict=False)
+    assert torch.allclose(att, bb(x, with_attention=True).attention.mean(1), atol=1e-6)
+
+
+def test_factorized_heads_and_objectness_train_and_load(tmp_path: Path) -> None:
+    """(image, label, mask) items with two heads: the run finishes, the head is dropped, the
+    validation counts an image right only when both factors are."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    items = []
+    for k in range(6):  # label = a * 3 + b for heads (2, 3)
+        for _ in range(3):
+            img = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+            m = np.zeros((40, 40), np.uint8)
+            m[5:30, 5:30] = 1
+            items.append((img, k, m))
+    cfg = PretrainConfig(backbone_kwargs=dict(TINY), epochs=1, batch_size=6, workers=0, head_sizes=(2, 3),
+                         attention_weight=1.0)
+    out = pretrain_backbone(items, items[:6], 6, cfg, tmp_path / "bb", progress=False, log=lambda m: None)
+    assert 0.0 <= out["val_top1"] <= 100.0
+    build_backbone(cfg.backbone, out["weights"], **TINY)  # strict load, head dropped
+    ck = torch.load(tmp_path / "bb" / "run" / "last.pt", map_location="cpu", weights_only=True)
+    assert ck["model"]["head.weight"].shape[0] == 2 + 3  # one softmax per factor, not 6 classes

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from ..data.records import Sample
@@ -49,6 +50,12 @@ class PretrainConfig(TrainConfig):
     label_smoothing: float = 0.1
     val_split: str = "test"
     crop_scale: float = 0.35  # lower bound of RandomResizedCrop's area fraction
+    # factorized labels: one softmax head per factor (e.g. (16, 12) for shape x texture), a
+    # label y read in mixed radix (y = a * 12 + b); None: one head over num_classes
+    head_sizes: tuple[int, ...] | None = None
+    # weight of the objectness term: KL(object mask pooled to the patch grid || last block's
+    # CLS attention, heads averaged); needs (image, label, mask) items; 0: labels only
+    attention_weight: float = 0.0
 
 
 class _LabelledImages(Dataset):
@@ -65,11 +72,16 @@ class _LabelledImages(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
         s = self.items[i]
         if isinstance(s, Sample):
             return self.transform(open_image(s.path)), s.label
-        image, label = s
+        if len(s) == 3:  # (image, label, H x W mask): image and mask through the same crop
+            image, label, mask = s
+            x, m = self.transform(tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)),
+                                  tv_tensors.Mask(torch.from_numpy(mask)[None]))
+            return x, int(label), m[0].float()
+        image, label = s[0], s[1]
         return self.transform(image), int(label)
 
 
@@ -89,6 +101,33 @@ def _transforms(size: int, mean: Sequence[float], std: Sequence[float], crop_sca
         v2.Normalize(mean, std),
     ])
     return train, test
+
+
+def _forward_with_attention(vit: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """timm ViT forward that also returns the last block's CLS attention ``B x N`` (heads
+    averaged), computed from that block's own weights so gradients reach them."""
+    from ..models.backbone import cls_attention
+
+    h = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+    for blk in vit.blocks[:-1]:
+        h = blk(h)
+    att = cls_attention(vit.blocks[-1], h, int(vit.num_prefix_tokens)).mean(1)
+    h = vit.norm(vit.blocks[-1](h))
+    return vit.forward_head(h), att
+
+
+def _objectness_loss(att: torch.Tensor, masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """KL(target || attention): the mask's share of each patch as the target distribution.
+    ``att``: ``B x N`` (sums to at most 1); ``masks``: ``B x H x W`` in {0, 1}. Images whose
+    object the crop cut away are left out."""
+    target = F.adaptive_avg_pool2d(masks[:, None].float(), grid).flatten(1)
+    mass = target.sum(1)
+    keep = mass > 0
+    if not keep.any():
+        return att.sum() * 0.0
+    t = target[keep] / mass[keep, None]
+    a = att[keep] / att[keep].sum(1, keepdim=True).clamp_min(1e-12)
+    return (t * (torch.log(t.clamp_min(1e-12)) - torch.log(a.clamp_min(1e-12)))).sum(1).mean()
 
 
 def pretrain_backbone(
@@ -114,20 +153,38 @@ def pretrain_backbone(
 
     out_dir = Path(out_dir)
     torch.manual_seed(cfg.seed)
-    vit = timm.create_model(cfg.backbone, pretrained=False, num_classes=num_classes, **cfg.backbone_kwargs)
+    heads = tuple(int(h) for h in cfg.head_sizes) if cfg.head_sizes else (int(num_classes),)
+    vit = timm.create_model(cfg.backbone, pretrained=False, num_classes=sum(heads), **cfg.backbone_kwargs)
     size = int(vit.patch_embed.img_size[0])
     train_tf, test_tf = _transforms(size, IMAGENET_MEAN, IMAGENET_STD, cfg.crop_scale)
     val_loader = DataLoader(_LabelledImages(val, test_tf), batch_size=64, shuffle=False, num_workers=0)
 
+    def factors(y: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        for h in reversed(heads):
+            out.append(y % h)
+            y = torch.div(y, h, rounding_mode="floor")
+        return out[::-1]
+
     def step(model: nn.Module, batch: Any) -> torch.Tensor:
-        x, y = batch
-        return F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
+        x, y = batch[0], batch[1]
+        if cfg.attention_weight > 0 and len(batch) == 3:
+            out, att = _forward_with_attention(model, x)
+        else:
+            out, att = model(x), None
+        logits = out.split(heads, dim=1)
+        loss = sum(F.cross_entropy(z, t, label_smoothing=cfg.label_smoothing) for z, t in zip(logits, factors(y)))
+        if att is not None:
+            loss = loss + cfg.attention_weight * _objectness_loss(att, batch[2], tuple(model.patch_embed.grid_size))
+        return loss
 
     def validate(model: nn.Module) -> dict[str, float]:
         correct = total = 0
-        for x, y in val_loader:
-            pred = model(x.to(trainer.device)).argmax(1).cpu()
-            correct += int((pred == y).sum())
+        for batch in val_loader:
+            x, y = batch[0], batch[1]
+            logits = model(x.to(trainer.device)).cpu().split(heads, dim=1)
+            ok = torch.stack([z.argmax(1) == t for z, t in zip(logits, factors(y))]).all(0)
+            correct += int(ok.sum())
             total += len(y)
         return {"val_top1": 100.0 * correct / max(total, 1)}
 
@@ -136,7 +193,8 @@ def pretrain_backbone(
         validate_fn=validate if len(val) else None, metric="val_top1" if len(val) else None,
         progress=progress, log=log,
     )
-    summary = trainer.fit(resume="auto" if (out_dir / "run" / "last.pt").exists() else None)
+    last = out_dir / "run" / "last.pt"
+    summary = trainer.fit(resume=last if last.exists() else None)
     sd = {k: v.detach().cpu().contiguous() for k, v in vit.state_dict().items() if not k.startswith("head.")}
     weights = out_dir / "backbone.safetensors"
     atomic_save(weights, lambda p: save_file(sd, p, metadata={"timm_name": cfg.backbone}))
