@@ -67,6 +67,30 @@ def atomic_save(path: str | Path, writer: Any) -> None:
 
 
 @contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; it becomes ``path`` only on success.
+
+    ``path`` must not exist, or be an empty folder (else :class:`DataError`). On any
+    exception the temporary folder is removed and ``path`` is left as it was.
+    """
+    import shutil
+
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise DataError(f"{path} already exists and is not an empty folder; remove it or choose another path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            path.rmdir()
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
 def dir_lock(
     directory: str | Path, exclusive: bool = True, busy: str | None = None, error: type[Exception] | None = None
 ) -> Iterator[None]:

@@ -9,6 +9,8 @@
   folder holding ``*.xml`` annotations directly or in one of :data:`ILSVRC_XML_DIRS` (images
   under ``path/val`` when it exists, else ``path``); classes are the wnids of
   ``path/train`` when that tree exists, so labels match a classifier trained on it;
+- ``"wsol"``: wsolevaluation metadata, ``metadata/<NAME>`` with ``<split>/image_ids.txt``
+  (images under ``images_root``, default ``dataset/<NAME>`` beside it);
 - ``"tree"``: a folder of ``<class>/<image>`` folders (torchvision ``ImageFolder`` order),
   split ``"train"``.
 """
@@ -24,6 +26,7 @@ from .datasets import WSOLDataset, collate_wsol
 from .folder import ImageListing, list_images
 from .ilsvrc import load_ilsvrc_val_list, load_ilsvrc_val_xml, load_image_tree
 from .records import DataSet, Sample, heldout_split
+from .wsolmeta import is_wsol_metadata, load_wsol_metadata
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -34,10 +37,11 @@ from .transforms import (
 
 ILSVRC_LIST_NAMES = ("val_list.txt", "ilsvrc_val_list.txt", "ILSVRC2012_val_list.txt")
 ILSVRC_XML_DIRS = ("val_xml", "annotations", "Annotations", "bbox_val")
-KINDS = ("auto", "cub", "ilsvrc", "tree")
+KINDS = ("auto", "cub", "ilsvrc", "wsol", "tree")
 _ACCEPTED = (
     "accepted layouts: a CUB-200-2011 folder (images.txt, ...), an ILSVRC val list file or "
-    "folder (" + ", ".join(ILSVRC_LIST_NAMES) + ", or *.xml annotations), or a "
+    "folder (" + ", ".join(ILSVRC_LIST_NAMES) + ", or *.xml annotations), wsolevaluation "
+    "metadata (<split>/image_ids.txt, class_labels.txt, localization.txt), or a "
     "<class>/<image> tree"
 )
 
@@ -59,6 +63,7 @@ __all__ = [
     "load_ilsvrc_val_list",
     "load_ilsvrc_val_xml",
     "load_image_tree",
+    "load_wsol_metadata",
 ]
 
 
@@ -106,16 +111,21 @@ def _load_ilsvrc(p: Path) -> DataSet | None:
     return None
 
 
-def load_dataset(path: str | Path, kind: str = "auto") -> DataSet:
-    """Load the data set at ``path``; ``kind`` is ``"auto"``, ``"cub"``, ``"ilsvrc"`` or ``"tree"``.
+def load_dataset(path: str | Path, kind: str = "auto", images_root: str | Path | None = None) -> DataSet:
+    """Load the data set at ``path``; ``kind`` is one of :data:`KINDS`.
 
-    See the module docstring for how each layout is recognised.
+    See the module docstring for how each layout is recognised. ``images_root`` is where the
+    images of a wsolevaluation metadata folder live (other layouts hold their own images).
     """
     if kind not in KINDS:
         raise DataError(f"unknown data set kind {kind!r} (choose from {', '.join(KINDS)})")
     p = Path(path).expanduser().absolute()
     if not p.exists():
         raise DataError(f"{p}: data set path not found ({_ACCEPTED})")
+    if kind == "wsol" or (kind == "auto" and p.is_dir() and is_wsol_metadata(p)):
+        return load_wsol_metadata(p, images_root)
+    if images_root is not None:
+        raise DataError(f"{p}: --images-root is for wsolevaluation metadata folders; this data set holds its own images")
     if kind in ("auto", "cub"):
         root = _cub_root(p) if p.is_dir() else None
         if root is not None:

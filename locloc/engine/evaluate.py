@@ -66,6 +66,7 @@ def evaluate(
     metric_workers: int = 1,
     progress: bool = True,
     boxes_only: bool = False,
+    row_threshold: float | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` on ``samples`` (images with GT boxes and labels).
 
@@ -74,7 +75,8 @@ def evaluate(
     only); the default takes the best IoU over all GT boxes of an image. ``metric_workers``
     processes extract boxes (contour search) beside the networks. ``amp_dtype`` (e.g.
     ``torch.bfloat16``) runs the networks under autocast; ``boxes_only`` skips the classifier,
-    so the classification and Top-k Loc metrics are None.
+    so the classification and Top-k Loc metrics are None. The per-image rows hold the boxes
+    at ``row_threshold`` (default: the sweep's best on these samples).
     """
     from tqdm import tqdm
 
@@ -155,7 +157,8 @@ def evaluate(
         seconds=round(seconds, 3),
         images_per_second=round(len(samples) / max(seconds, 1e-9), 2),
     )
-    _fill_rows(rows, samples, loc, metrics["best"]["threshold"], class_names)
+    at = metrics["best"]["threshold"] if row_threshold is None else row_threshold
+    _fill_rows(rows, samples, loc, at, class_names)
     return EvalResult(metrics=metrics, rows=rows)
 
 
@@ -229,12 +232,21 @@ def format_table(metrics: dict[str, Any]) -> str:
     lines.append(f"MaxBoxAccV2 {metrics['maxboxacc_v2']:6.2f}")
     lines.append(f"{'threshold':>9}  {'GT-known':>8}  {'Top-1 Loc':>9}  {'Top-5 Loc':>9}")
     best_t = metrics["best"]["threshold"]
+    note = metrics.get("best_selection") or ""
     for r in metrics["per_threshold"]:
         mark = " *" if r["threshold"] == best_t else ""
         lines.append(
             f"{r['threshold']:9.2f}  {_f(r['gt_known_loc'], 8)}  {_f(r['top1_loc'], 9)}  {_f(r['top5_loc'], 9)}{mark}"
         )
-    lines.append("* best GT-known Loc on this sweep (chosen on the evaluated split itself)")
+    if note.startswith("threshold chosen on split"):
+        lines.append(f"* {note}")
+        opt = metrics.get("test_sweep_best_optimistic")
+        if opt:
+            lines.append(f"  (this split's own best, optimistic: threshold {opt['threshold']:.2f}, "
+                         f"GT-known {_f(opt['gt_known_loc'], 0).strip()})")
+    else:
+        lines.append("* best GT-known Loc on this sweep (chosen on the evaluated split itself: optimistic; "
+                     "--threshold-split val chooses it on another split)")
     return "\n".join(lines)
 
 
