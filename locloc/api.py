@@ -78,7 +78,9 @@ class LocLoc:
         th = config.get("thresholds", {})
         self.threshold = float(threshold if threshold is not None else th.get("default", 0.5))
         self.class_names: list[str] = list(config.get("class_names") or [])
-        self.amp_dtype = amp_dtype
+        from .engine.precision import checked_amp
+
+        self.amp_dtype = checked_amp(amp_dtype, self.device)  # bf16 on a CPU without it: fp32
         self.boxes_only = bool(boxes_only)  # skip the classifier: predictions carry no class
         self._eval_tf = EvalTransform(
             resize=self.resize, crop=self.crop, mean=tuple(self.mean.flatten().tolist()),

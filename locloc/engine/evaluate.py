@@ -80,7 +80,10 @@ def evaluate(
     """
     from tqdm import tqdm
 
+    from .precision import checked_amp
+
     device = torch.device(device)
+    amp_dtype = checked_amp(amp_dtype, device)  # bf16 on a CPU without native bf16: fp32
     model = model.to(device).eval()
     crop = transform.crop
     has_classifier = model.classifier is not None and not boxes_only
