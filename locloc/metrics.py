@@ -12,7 +12,9 @@ Conventions
     ``W - 1, H - 1``; no contour gives the box ``[0, 0, 0, 0]``).
 
 * A map becomes boxes the reference's way: ``cv2.resize`` (bilinear) to the crop size, min-max
-  normalisation in float32, ``uint8`` by truncation (:func:`normalize_map`, :func:`to_uint8`);
+  normalisation in the map's precision (float32 for network maps, bit-exact with the
+  reference; float64 maps, as wsolevaluation's score maps are, stay float64 so near-constant
+  maps keep their levels), ``uint8`` by truncation (:func:`normalize_map`, :func:`to_uint8`);
   a threshold ``t`` keeps pixels strictly above ``int(t * 255)``. A map that is constant or
   holds a NaN/inf normalises to all zeros (wsolevaluation's choice), so it yields no contour:
   the reference box ``[0, 0, 1, 1]``, and ``[0, 0, 0, 0]`` under MaxBoxAccV2.
@@ -118,10 +120,13 @@ def _size_hw(size: int | Sequence[int]) -> tuple[int, int]:
 
 
 def _as_maps(maps: Any) -> np.ndarray:
-    """Maps as float32 numpy ``B x h x w`` (accepts ``B x 1 x h x w``, ``h x w``, torch)."""
+    """Maps as numpy ``B x h x w`` (accepts ``B x 1 x h x w``, ``h x w``, torch): float64 stays
+    float64 (wsolevaluation's score maps), everything else becomes float32."""
     if hasattr(maps, "detach"):
-        maps = maps.detach().float().cpu().numpy()
-    maps = np.asarray(maps, dtype=np.float32)
+        maps = maps.detach()
+        maps = maps.cpu().numpy() if str(maps.dtype) == "torch.float64" else maps.float().cpu().numpy()
+    maps = np.asarray(maps)
+    maps = maps.astype(np.float64 if maps.dtype == np.float64 else np.float32, copy=False)
     if maps.ndim == 4 and maps.shape[1] == 1:
         maps = maps[:, 0]
     elif maps.ndim == 2:
@@ -132,8 +137,10 @@ def _as_maps(maps: Any) -> np.ndarray:
 
 
 def _normalize_into(m: np.ndarray, cam: np.ndarray) -> bool:
-    """Resize ``m`` (h x w float32) into ``cam`` (H x W) and min-max it in place, with the
-    reference's float32 arithmetic. False (``cam`` untouched) for a constant/non-finite map."""
+    """Resize ``m`` (h x w) into ``cam`` (H x W, same dtype) and min-max it in place in that
+    dtype: ``(cam - min) / (max - min)``, as both the reference (float32 maps) and
+    wsolevaluation's ``normalize_scoremap`` (``cam -= min; cam /= max``, in the score map's
+    own dtype) do. False (``cam`` untouched) for a constant or non-finite map."""
     if not np.isfinite(m).all():
         return False
     h, w = cam.shape
@@ -144,24 +151,27 @@ def _normalize_into(m: np.ndarray, cam: np.ndarray) -> bool:
     lo, hi = cv2.minMaxLoc(cam)[:2]
     if not hi > lo:
         return False
-    np.subtract(cam, np.float32(lo), out=cam)
-    # The shifted map's maximum is float32(hi) - float32(lo): the reference divides by it.
-    np.divide(cam, np.float32(hi) - np.float32(lo), out=cam)
+    t = cam.dtype.type
+    np.subtract(cam, t(lo), out=cam)
+    # The shifted map's maximum is t(hi) - t(lo): the reference divides by it.
+    np.divide(cam, t(hi) - t(lo), out=cam)
     return True
 
 
 def normalize_map(maps: Any, size: int | Sequence[int] = DEFAULT_SIZE) -> np.ndarray:
-    """Resize raw maps to ``size`` = (H, W) and min-max normalise them -> float32 B x H x W.
+    """Resize raw maps to ``size`` = (H, W) and min-max normalise them -> B x H x W.
 
     ``maps``: B x h x w (or B x 1 x h x w, numpy or torch). Resizing is ``cv2.resize``
     (``INTER_LINEAR``, one map per call as in the reference: a multi-channel call rounds
-    differently), then ``(cam - min) / (max - min)`` in float32 without epsilon. A constant
-    map, or one holding NaN/inf, becomes all zeros.
+    differently), then ``(cam - min) / (max - min)`` without epsilon, in the maps' precision:
+    float64 maps (wsolevaluation's score maps) stay float64, so near-constant maps keep their
+    levels; everything else runs in float32, bit-exact with the reference. A constant map, or
+    one holding NaN/inf, becomes all zeros.
     """
     maps = _as_maps(maps)
     h, w = _size_hw(size)
-    out = np.zeros((len(maps), h, w), dtype=np.float32)
-    cam = np.empty((h, w), dtype=np.float32)
+    out = np.zeros((len(maps), h, w), dtype=maps.dtype)
+    cam = np.empty((h, w), dtype=maps.dtype)
     for i, m in enumerate(maps):
         if _normalize_into(m, cam):
             out[i] = cam
@@ -169,17 +179,20 @@ def normalize_map(maps: Any, size: int | Sequence[int] = DEFAULT_SIZE) -> np.nda
 
 
 def to_uint8(cams: np.ndarray) -> np.ndarray:
-    """Normalised maps in [0, 1] -> uint8 by truncation, ``(cam * 255.).astype(uint8)``."""
-    return (np.asarray(cams, dtype=np.float32) * np.float32(255.0)).astype(np.uint8)
+    """Normalised maps in [0, 1] -> uint8 by truncation, ``(cam * 255.).astype(uint8)`` in the
+    maps' precision (float64 stays float64, as in wsolevaluation; else float32)."""
+    cams = np.asarray(cams)
+    t = np.float64 if cams.dtype == np.float64 else np.float32
+    return (cams.astype(t, copy=False) * t(255.0)).astype(np.uint8)
 
 
 def _u8_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """``to_uint8(normalize_map(maps, size))`` one map at a time (cache-friendly, same bits)."""
     out = np.zeros((len(maps), *size), dtype=np.uint8)
-    cam = np.empty(size, dtype=np.float32)
+    cam = np.empty(size, dtype=maps.dtype)
     for i, m in enumerate(maps):
         if _normalize_into(m, cam):
-            np.multiply(cam, np.float32(255.0), out=cam)
+            np.multiply(cam, cam.dtype.type(255.0), out=cam)
             out[i] = cam  # unsafe float -> uint8 cast truncates, like astype
     return out
 

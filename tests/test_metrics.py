@@ -357,3 +357,54 @@ def test_process_pool_gives_same_results():
             res.append((acc.compute(), acc.boxes))
     assert res[0][0] == res[1][0]
     np.testing.assert_array_equal(res[0][1], res[1][1])
+
+
+# ------------------------------------------- float64 score maps: wsolevaluation's precision
+
+
+def _wsol_u8(m: np.ndarray) -> np.ndarray:
+    """wsolevaluation's normalize_scoremap + uint8 cast, written out here in float64."""
+    cam = m.astype(np.float64).copy()
+    if np.isnan(cam).any() or cam.min() == cam.max():
+        return np.zeros(cam.shape, np.uint8)
+    cam -= cam.min()
+    cam /= cam.max()
+    return (cam * 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("scale,base", [(1e-9, 0.5), (1e-50, 0.0), (1e-6, 0.5)])
+def test_near_constant_float64_maps_keep_their_levels(scale, base):
+    yy, xx = np.mgrid[:32, :32]
+    blob = np.clip(1.0 - np.hypot(xx - 20, yy - 12) / 9.0, 0, None)  # a cone at (20, 12)
+    m = base + scale * blob
+    u8 = to_uint8(normalize_map(m[None], size=32))[0]
+    np.testing.assert_array_equal(u8, _wsol_u8(m))
+    assert u8.max() == 255 and len(np.unique(u8)) > 30  # the cone's levels survive
+    box = box_from_map(u8, 0.5)
+    assert 12 <= box[0] < 20 < box[2] <= 29 and 4 <= box[1] < 12 < box[3] <= 21
+    # the same map through float32 loses it (1e-9, 1e-50: constant; 1e-6: coarse steps)
+    u8_32 = to_uint8(normalize_map(m[None].astype(np.float32), size=32))[0]
+    assert len(np.unique(u8_32)) < len(np.unique(u8))
+
+
+def test_float64_pxap_bins_match_wsolevaluation_rule():
+    rng = np.random.default_rng(3)
+    m = rng.integers(0, 1001, (1, 24, 24)).astype(np.float64) / 1000.0  # pixels on the bin edges
+    m[0, 0, 0], m[0, 0, 1] = 0.0, 1.0
+    mask = (rng.random((1, 24, 24)) > 0.6).astype(np.uint8)
+    acc = PxAPAccumulator()
+    acc.update(m, mask)
+    cam = m[0]  # already spans [0, 1]: normalisation is the identity in float64
+    edges = np.append(np.arange(0, 1, 0.001), [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(acc.pos_hist, np.histogram(cam[mask[0] == 1], bins=edges)[0])
+    np.testing.assert_array_equal(acc.neg_hist, np.histogram(cam[mask[0] == 0], bins=edges)[0])
+
+
+def test_infinite_pixel_is_a_counted_miss():
+    m = np.zeros((1, 16, 16))
+    m[0, 4:9, 4:9] = 1.0
+    m[0, 0, 0] = np.inf  # wsolevaluation raises here; LocLoc scores the map as empty
+    acc = LocalizationAccumulator([0.5], size=16)
+    acc.update(m, [np.array([[4.0, 4.0, 9.0, 9.0]])])
+    assert acc.compute()["best"]["gt_known_loc"] == 0.0
+    assert len(acc) == 1
