@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from locloc.data.synthetic import render
-from locloc.masks.grabcut import GrabCutMasker, TrimapConfig
+from locloc.masks.grabcut import GrabCutMasker
 from locloc.masks.quality import grid_search_trimap, mask_iou
 
 
@@ -126,8 +126,8 @@ def bench_end_to_end(n_images: int, size: int) -> dict[int, tuple[float, float]]
     """
     import json
 
-    import torch
     import timm
+    import torch
 
     from locloc.data.synthetic import make_synthetic
 

@@ -317,8 +317,8 @@ def section_generators(args: argparse.Namespace, device: torch.device) -> None:
             gmodel, gcfg = load_model_dir(summary["model_dir"], device=device)
             tf = _transform(gcfg)
             m = _evaluate(gmodel, samples, tf, th, device=device)
-            fl = count_flops(lambda: gmodel.generator(torch.randn(1, gmodel.backbone.embed_dim,
-                                                                   *gmodel.backbone.grid_size, device=device)))
+            fl = count_flops(lambda g=gmodel: g.generator(torch.randn(1, g.backbone.embed_dim,
+                                                                     *g.backbone.grid_size, device=device)))
             res[kind] = (m, train_s, fl)
     steps = f", at most {args.steps} steps/epoch" if args.steps else ""
     print(f"generators trained {args.epochs} epochs{steps} (lr 1e-3, batch 32, cache_views 2) on the demo masks, "

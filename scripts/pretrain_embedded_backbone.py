@@ -62,11 +62,10 @@ def choose_stage1(weights: Path, val: list[tuple[np.ndarray, int, np.ndarray]], 
     import torch
     from PIL import Image
 
+    from locloc.engine.pretrain import DEMO_BACKBONE
     from locloc.masks.grabcut import GrabCutMasker, TrimapConfig
     from locloc.masks.quality import MaskQuality
     from locloc.models.backbone import build_backbone
-
-    from locloc.engine.pretrain import DEMO_BACKBONE
 
     bb = build_backbone(DEMO_BACKBONE, weights)
     h, w = bb.img_size
@@ -142,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                          device="cpu", head_sizes=None if a.joint else (len(CORPUS_SHAPES), len(CORPUS_TEXTURES)),
                          attention_weight=a.attention_weight)
     torch.manual_seed(a.seed)
-    summary = pretrain_backbone(train, val, len(corpus_classes()), cfg, out, log=print, progress=a.progress)
+    pretrain_backbone(train, val, len(corpus_classes()), cfg, out, log=print, progress=a.progress)
     weights = out / "backbone.safetensors"
     stage1 = choose_stage1(weights, val)
     from safetensors.torch import load_file, save_file

@@ -134,8 +134,8 @@ def shared(tmp_path_factory) -> dict[str, Path]:
     model directory, a finished generator run and the reference release's file layouts."""
     import cv2
     import timm
-
     from golden_weights import write_reference_files
+
     from locloc.data.synthetic import make_synthetic
     from locloc.masks.store import MaskStore
     from locloc.models.backbone import build_backbone
@@ -923,7 +923,7 @@ def test_odd_but_valid_images_are_read_as_rgb(kind, tmp_path):
 
 def test_odd_images_work_in_predict_evaluate_and_masks(env, capsys):
     paths = []
-    for k, (kind, make) in enumerate(ODD_IMAGES.items()):
+    for k, make in enumerate(ODD_IMAGES.values()):
         p = env.sample("test", k)
         make(p)  # keeps the file name; PIL reads by content
         paths.append(p)

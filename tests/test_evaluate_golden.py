@@ -5,9 +5,9 @@ from __future__ import annotations
 import csv
 import json
 
+import golden_weights as gw
 import pytest
 
-import golden_weights as gw
 from locloc.cli import main
 
 pytestmark = pytest.mark.slow  # rebuilds 48 M golden weights and runs 6 images x 2 generators

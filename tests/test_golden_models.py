@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
+import golden_weights as gw
 import pytest
 import torch
 
-import golden_weights as gw
 from locloc.cli import main
 from locloc.models.backbone import patch_map
 from locloc.models.checkpoint import build_from_reference, load_model_dir

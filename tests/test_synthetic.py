@@ -13,9 +13,9 @@ from locloc.cli import main
 from locloc.data import load_cub
 from locloc.data.synthetic import (
     MAX_CLASSES,
+    centre_box_baseline,
     class_names,
     class_spec,
-    centre_box_baseline,
     make_synthetic,
     mask_box,
     render,

@@ -10,7 +10,6 @@ import sys
 
 import pytest
 import torch
-
 from test_train_ddp import HERE, _env
 
 PY = sys.executable

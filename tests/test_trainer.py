@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from _toy_train import ToyData, make_validate, toy_config, toy_model, toy_step
+
 from locloc.engine.distributed import DistInfo, select_device, weighted_mean
 from locloc.engine.trainer import Trainer, find_resume, load_checkpoint, resolve_amp
 from locloc.errors import CheckpointError, ConfigError
@@ -177,9 +177,9 @@ def test_device_and_amp_selection():
 # ---- the two stage trainers on a tiny backbone and generated data ------------------------------
 
 import numpy as np  # noqa: E402
+from _toy_train import make_tiny_data, stage_config  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from _toy_train import make_tiny_data, stage_config  # noqa: E402
 from locloc.errors import DataError  # noqa: E402
 
 

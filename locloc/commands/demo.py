@@ -37,10 +37,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     import dataclasses
     import json
+
+    import torch
 
     from ..demo import DemoRecipe, format_demo_table, run_demo
     from ..errors import ConfigError

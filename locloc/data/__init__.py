@@ -26,7 +26,6 @@ from .datasets import WSOLDataset, collate_wsol
 from .folder import ImageListing, list_images
 from .ilsvrc import load_ilsvrc_val_list, load_ilsvrc_val_xml, load_image_tree
 from .records import DataSet, Sample, heldout_split
-from .wsolmeta import is_wsol_metadata, load_wsol_metadata
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -34,6 +33,7 @@ from .transforms import (
     JointTrainTransform,
     crop_to_original,
 )
+from .wsolmeta import is_wsol_metadata, load_wsol_metadata
 
 ILSVRC_LIST_NAMES = ("val_list.txt", "ilsvrc_val_list.txt", "ILSVRC2012_val_list.txt")
 ILSVRC_XML_DIRS = ("val_xml", "annotations", "Annotations", "bbox_val")

@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import DataError
+from ..metrics import box_iou
 from .records import Sample
 
 SHAPES = ("ellipse", "star", "triangle", "cross", "ring", "crescent")
@@ -442,18 +443,11 @@ def centre_box_baseline(samples: Sequence[Sample], iou_threshold: float = 0.5) -
             raise ValueError(f"sample {s.image_id} needs a size and boxes")
         w, h = s.size
         n += 1
-
-        def best_iou(f: float) -> float:
-            box = np.array([w * (1 - f) / 2, h * (1 - f) / 2, w * (1 + f) / 2, h * (1 + f) / 2])
-            g = s.boxes
-            ix = np.clip(np.minimum(g[:, 2], box[2]) - np.maximum(g[:, 0], box[0]), 0, None)
-            iy = np.clip(np.minimum(g[:, 3], box[3]) - np.maximum(g[:, 1], box[1]), 0, None)
-            inter = ix * iy
-            area = (s.boxes[:, 2] - s.boxes[:, 0]) * (s.boxes[:, 3] - s.boxes[:, 1])
-            return float((inter / (area + (box[2] - box[0]) * (box[3] - box[1]) - inter)).max())
-
-        hits += [best_iou(f) >= iou_threshold for f in fractions]
-        hits50 += best_iou(half) >= iou_threshold
+        fs = np.append(fractions, half)
+        boxes = np.stack([w * (1 - fs) / 2, h * (1 - fs) / 2, w * (1 + fs) / 2, h * (1 + fs) / 2], axis=1)
+        best = box_iou(boxes, s.boxes).max(axis=1)  # each centred box vs every GT box
+        hits += best[:-1] >= iou_threshold
+        hits50 += bool(best[-1] >= iou_threshold)
     if n == 0:
         raise ValueError("no samples")
     i = int(np.argmax(hits))

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torchvision import tv_tensors
-from torchvision.transforms import v2
 from torchvision.transforms import functional as F1
+from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -54,7 +54,7 @@ def _probe(n: int = 256, reps: int = 3) -> bool:
     return best(b) <= best(a)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_bf16_native() -> bool:
     """Whether this CPU runs bfloat16 natively (see the module docstring)."""
     env = os.environ.get("LOCLOC_CPU_BF16")

@@ -23,9 +23,9 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from ..data.records import Sample
-from ..models import zoo  # noqa: F401  (registers the demo ViTs with timm)
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..fileio import atomic_save, open_image, write_json
+from ..models import zoo  # noqa: F401  (registers the demo ViTs with timm)
 from .config import TrainConfig
 from .trainer import Trainer
 

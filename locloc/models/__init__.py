@@ -1,6 +1,6 @@
 """Models: frozen ViT backbone, GEG generators, LFDM classifier, checkpoints, full pipeline."""
 
-from . import zoo  # registers the small demo ViTs with timm
+from . import zoo  # noqa: F401  (registers the small demo ViTs with timm)
 from .backbone import BackboneOutput, FrozenViT, build_backbone, patch_map
 from .classifier import LFDMClassifier
 from .generator import DeconvGenerator, LightGenerator, UNetGenerator, build_generator
