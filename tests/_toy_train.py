@@ -113,7 +113,8 @@ def stage_config(stage: str, data: Path, masks: Path, out: Path, **kw):
     from locloc.engine.config import ClassifierTrainConfig, GeneratorTrainConfig
 
     base = dict(data_path=str(data), masks=str(masks), out=str(out), backbone="vit_small_patch16_224",
-                backbone_kwargs=TINY_BACKBONE, epochs=2, batch_size=4, workers=0, lr=1e-3, device="cpu")
+                backbone_kwargs=TINY_BACKBONE, epochs=2, batch_size=4, workers=0, lr=1e-3, device="cpu",
+                val_split="test")  # the mechanics under test validate on the (tiny) test split
     if stage == "generator":
         base.update(generator="light", generator_kwargs=dict(mid_channels=8, head_channels=[8, 8, 8]))
         base.update(kw)

@@ -184,7 +184,7 @@ def env(shared, tmp_path) -> Env:
 def _train_common(data, masks, weights, out) -> list[str]:
     return ["--data-path", str(data), "--masks", str(masks), "--out", str(out), "--backbone", BB,
             "--backbone-kwargs", TINY_JSON, "--weights", str(weights), "--epochs", "1",
-            "--batch-size", "2", "--workers", "0", "--device", "cpu"]
+            "--batch-size", "2", "--workers", "0", "--device", "cpu", "--val-split", "test"]
 
 
 def evaluate(e: Env, *extra: str, data: Path | None = None, model_dir: Path | None = None) -> list[str]:

@@ -229,10 +229,11 @@ def test_heldout_split(synthetic_root: Path) -> None:
     assert {s.image_id for s in rest}.isdisjoint(s.image_id for s in held)
     assert heldout_split(train, 2, 0) == (rest, held)
     assert heldout_split(train, 2, 1)[1] != held
-    # A class with <= per_class images keeps one for training.
-    small = [s for s in train if s.label == 0][:2] + [s for s in train if s.label == 1][:1]
+    # A class keeps at least half its images for training.
+    small = [s for s in train if s.label == 0][:2] + [s for s in train if s.label == 1][:1] + \
+        [s for s in train if s.label == 2][:5]
     rest2, held2 = heldout_split(small, per_class=5)
-    assert [s.label for s in held2] == [0] and sorted(s.label for s in rest2) == [0, 1]
+    assert sorted(s.label for s in held2) == [0, 2, 2] and sorted(s.label for s in rest2) == [0, 1, 2, 2, 2]
 
 
 def test_wsol_dataset_and_collate(synthetic_root: Path) -> None:

@@ -158,3 +158,19 @@ def test_threshold_split_errors(wsol_synthetic, tmp_path, capsys):
     assert main(["evaluate", "--data-path", str(wsol_synthetic["cub"]), "--images-root", str(tmp_path),
                  "--model-dir", str(wsol_synthetic["model"])]) == 2
     assert "--images-root is for wsolevaluation" in capsys.readouterr().err
+
+
+def test_evaluate_reports_the_models_own_threshold(wsol_synthetic, tmp_path, capsys):
+    from locloc.models.checkpoint import load_model_dir, save_model_dir
+
+    model, cfg = load_model_dir(wsol_synthetic["model"])
+    cfg = {k: cfg[k] for k in ("class_names", "input")}
+    cfg["thresholds"] = {"default": 0.35, "sweep": [0.2, 0.35, 0.5], "chosen_on": "heldout"}
+    save_model_dir(tmp_path / "m", model, cfg)
+    out = tmp_path / "e"
+    assert main(["evaluate", "--data-path", str(wsol_synthetic["cub"]), "--model-dir", str(tmp_path / "m"),
+                 "--workers", "0", "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    row = next(r for r in m["per_threshold"] if r["threshold"] == 0.35)
+    assert m["at_model_threshold"] == {**row, "chosen_on": "heldout"}
+    assert "at the model's own threshold 0.35 (chosen during training on held-out training images)" in capsys.readouterr().out

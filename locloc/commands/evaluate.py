@@ -150,10 +150,22 @@ def run(args: argparse.Namespace) -> int:
             f"{len(select)} images)"
         )
         result.metrics["threshold_protocol"] = proto
+    th_cfg = config.get("thresholds") or {}
+    if select is None and "default" in th_cfg:
+        # the threshold stored with the model (chosen on its validation split during training)
+        rows = [r for r in result.metrics["per_threshold"] if abs(r["threshold"] - th_cfg["default"]) < 1e-9]
+        if rows:
+            result.metrics["at_model_threshold"] = {**rows[0], "chosen_on": th_cfg.get("chosen_on", "unknown")}
     result.metrics.update(data_path=str(Path(args.data_path)), split=split, skipped_images=len(skipped))
     if args.model is not None:  # the reference's flags: its printout too
         print(format_reference(result.metrics))
     print(format_table(result.metrics))
+    at = result.metrics.get("at_model_threshold")
+    if at is not None:
+        where = {"heldout": "held-out training images", "test": "the test images (optimistic)"}.get(
+            at["chosen_on"], f"split {at['chosen_on']!r}")
+        print(f"at the model's own threshold {at['threshold']:.2f} (chosen during training on {where}): "
+              f"GT-known {at['gt_known_loc']:.2f}" + (f", Top-1 Loc {at['top1_loc']:.2f}" if at["top1_loc"] is not None else ""))
     if args.out:
         try:
             m, c = write_results(result, args.out)

@@ -77,8 +77,8 @@ def heldout_split(
     """Carve ``per_class`` images per class out of a training split: ``(train, heldout)``.
 
     The held-out images are for choosing the box threshold (as wsolevaluation's ``train-fullsup``
-    split does). The choice is deterministic for a seed; a class with ``<= per_class`` images
-    keeps at least one for training. Both lists keep the input order.
+    split does). The choice is deterministic for a seed; each class keeps at least half its
+    images for training (so a tiny data set still trains). Both lists keep the input order.
     """
     if per_class < 0:
         raise ValueError("per_class must be >= 0")
@@ -89,7 +89,7 @@ def heldout_split(
     held: set[int] = set()
     for label in sorted(by_class):
         idx = by_class[label]
-        k = min(per_class, len(idx) - 1)
+        k = min(per_class, len(idx) // 2)
         if k <= 0:
             continue
         held.update(int(i) for i in rng.choice(idx, size=k, replace=False))

@@ -231,7 +231,7 @@ def train_classifier(
     """Run stage 3 as configured; returns the trainer's summary plus the output paths."""
     from timm.data import create_transform
 
-    setup = prepare_stage(cfg, dist)
+    setup = prepare_stage(cfg, dist, log)
     d, bb = setup.dist, setup.backbone
     out = Path(cfg.out)
     if cfg.generator_dir is not None:

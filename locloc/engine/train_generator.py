@@ -18,6 +18,7 @@ trainer's ``--generator-dir`` merges it with a trained classifier into the full 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,10 @@ def check_masks(store: Any, samples: Sequence[Any], root: str | Path) -> None:
         )
 
 
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
 def prepare_stage(cfg: TrainConfig, dist: DistInfo | None = None, log: Callable[[str], None] | None = None) -> StageSetup:
     """Load the data set, the mask store and the frozen backbone; resolve sizes and splits."""
     from ..data import load_dataset
@@ -90,6 +95,10 @@ def prepare_stage(cfg: TrainConfig, dist: DistInfo | None = None, log: Callable[
         train, val = heldout_split(train, cfg.heldout_per_class, cfg.seed)
     elif cfg.val_split == "test":
         val = list(ds.split("test"))
+        if dist.is_main:
+            (log or _stderr)("val_split: test (the reference protocol): the best checkpoint and box threshold are chosen "
+                "on the test images, so test results are optimistic; val_split: heldout chooses them on "
+                "held-out training images")
     skipped: list[str] = []
     if cfg.skip_bad:
         from ..data.datasets import check_images, skipped_message
@@ -337,7 +346,7 @@ def train_generator(
     from ..models.generator import build_generator
     from ..models.pipeline import LocLocModel
 
-    setup = prepare_stage(cfg, dist)
+    setup = prepare_stage(cfg, dist, log)
     d, bb = setup.dist, setup.backbone
     out = Path(cfg.out)
     ckpt = find_resume(out, resume)
@@ -380,7 +389,8 @@ def train_generator(
         last = summary["last"]
         thr = None
         if "best_threshold" in last:
-            thr = {"default": float(last["best_threshold"]), "sweep": [float(t) for t in cfg.val_thresholds]}
+            thr = {"default": float(last["best_threshold"]), "sweep": [float(t) for t in cfg.val_thresholds],
+                   "chosen_on": cfg.val_split}
         save_model_dir(model_dir, LocLocModel(bb.cpu(), None, final.cpu().eval()), model_dir_config(setup, thr))
     summary["model_dir"] = str(model_dir)
     summary["skipped_images"] = list(setup.skipped)
