@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 
 class LocLocError(Exception):
     """An error caused by user input (a path, a file, a checkpoint, a config).
@@ -23,7 +21,3 @@ class CheckpointError(LocLocError):
 class ConfigError(LocLocError):
     """A configuration file or option is invalid."""
 
-
-def where(path: str | Path, line: int | None = None) -> str:
-    """Format ``path`` (and a 1-based ``line``) for an error message."""
-    return f"{path}:{line}" if line is not None else str(path)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -76,15 +75,6 @@ def get_rank() -> int:
     return dist.get_rank() if is_dist() else 0
 
 
-def get_world_size() -> int:
-    return dist.get_world_size() if is_dist() else 1
-
-
-def is_main() -> bool:
-    """True on rank 0 (and in a single-process run)."""
-    return get_rank() == 0
-
-
 def barrier() -> None:
     if is_dist():
         dist.barrier()
@@ -108,15 +98,6 @@ def weighted_mean(metrics: dict[str, float], weight: float, device: torch.device
     tot = all_reduce_sum(vec, device)
     n = float(tot[-1])
     return {k: (float(tot[i]) / n if n > 0 else 0.0) for i, k in enumerate(keys)}
-
-
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Send a picklable object from ``src`` to every process."""
-    if not is_dist():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 def cleanup() -> None:
