@@ -39,8 +39,10 @@ class Prediction:
 
 
 def default_device() -> torch.device:
-    """CUDA when present, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """CUDA when present, else CPU (:func:`locloc.engine.distributed.select_device`)."""
+    from .engine.distributed import select_device
+
+    return select_device(None)
 
 
 class LocLoc:
@@ -65,7 +67,9 @@ class LocLoc:
     ) -> None:
         if view not in ("full", "crop"):
             raise ValueError(f"view must be 'full' or 'crop', got {view!r}")
-        self.device = torch.device(device) if device is not None else default_device()
+        from .engine.distributed import select_device
+
+        self.device = select_device(str(device) if device is not None else None)
         self.model = model.to(self.device).eval()
         self.config = config
         self.view = view
@@ -90,9 +94,10 @@ class LocLoc:
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, device: str | torch.device | None = None, **kw: Any) -> LocLoc:
         """Load a project model directory (``model.safetensors`` + ``config.json``)."""
+        from .engine.distributed import select_device
         from .models.checkpoint import load_model_dir
 
-        dev = torch.device(device) if device is not None else default_device()
+        dev = select_device(str(device) if device is not None else None)
         model, config = load_model_dir(model_dir, device=dev)
         return cls(model, config, device=dev, **kw)
 

@@ -90,25 +90,6 @@ def _backbone(args: argparse.Namespace):
     return backbone
 
 
-def _device(name: str):
-    import os
-
-    import torch
-
-    from ..errors import ConfigError
-
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device {name!r}: not a device (cpu, cuda, cuda:N)") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda: no CUDA device available")
-        if dev.index is None and "LOCAL_RANK" in os.environ:
-            dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    return dev
-
-
 def run(args: argparse.Namespace) -> int:
     from ..data import load_dataset
     from ..data.datasets import skipped_message
@@ -135,7 +116,11 @@ def run(args: argparse.Namespace) -> int:
         n = import_reference_h5(args.import_h5, splits[0][1], store)
         print(f"imported {n} masks from {args.import_h5} into {out}")
     else:
-        device = _device(args.device)
+        import os
+
+        from ..engine.distributed import select_device
+
+        device = select_device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
         backbone = _backbone(args).to(device)
         masker = GrabCutMasker(
             trimap_for(backbone, fg_frac=args.fg, bg_frac=args.bg, border_frac=args.border),

@@ -49,7 +49,6 @@ def _section(cfg: dict[str, Any], name: str, allowed: set[str] | None, path: str
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from ..data import load_dataset
     from ..engine.config import ClassifierTrainConfig, GeneratorTrainConfig, load_config, read_config_file
@@ -77,7 +76,9 @@ def run(args: argparse.Namespace) -> int:
     gsec = _section(cfg, "generator", None, path)  # keys checked by the trainer's config
     csec = _section(cfg, "classifier", None, path)
     progress = not args.no_progress
-    device = shared.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    from ..engine.distributed import select_device
+
+    device = str(select_device(shared.get("device")))
     data = load_dataset(shared["data_path"])
 
     # stage 1
