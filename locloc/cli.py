@@ -24,6 +24,8 @@ COMMANDS = (
     "pipeline",
     "evaluate",
     "predict",
+    "export",
+    "app",
     "convert",
     "import_backbone",
     "demo",
