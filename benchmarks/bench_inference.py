@@ -240,7 +240,7 @@ def section_modes(args: argparse.Namespace, device: torch.device) -> None:
 
 
 def _evaluate(model, samples, transform, thresholds, **kw) -> dict:
-    from locloc.engine.evaluate import evaluate
+    from locloc.engine.evaluate import evaluate_samples as evaluate
 
     return evaluate(model, samples, transform=transform, thresholds=thresholds, batch_size=32,
                     workers=0, progress=False, **kw).metrics
@@ -248,12 +248,9 @@ def _evaluate(model, samples, transform, thresholds, **kw) -> dict:
 
 def _transform(cfg: dict):
     """The evaluation transform of a model directory's config."""
-    from locloc.data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
+    from locloc.data.transforms import eval_transform_for
 
-    inp, norm = cfg.get("input", {}), cfg.get("normalization", {})
-    crop = int(inp.get("crop", 224))
-    return EvalTransform(resize=int(inp.get("resize", round(crop * 256 / 224))), crop=crop,
-                         mean=norm.get("mean", IMAGENET_MEAN), std=norm.get("std", IMAGENET_STD))
+    return eval_transform_for(cfg)
 
 
 def section_accuracy(args: argparse.Namespace, device: torch.device) -> None:

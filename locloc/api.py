@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, crop_offset, resized_size
+from .data.transforms import crop_offset, eval_transform_for, resized_size
 from .fileio import open_image
 from .metrics import box_from_map, normalize_map, to_uint8
 
@@ -73,12 +73,10 @@ class LocLoc:
         self.model = model.to(self.device).eval()
         self.config = config
         self.view = view
-        inp = config.get("input", {})
-        self.crop = int(inp.get("crop", 224))
-        self.resize = int(inp.get("resize", round(self.crop * 256 / 224)))
-        norm = config.get("normalization", {})
-        self.mean = torch.tensor(norm.get("mean", IMAGENET_MEAN)).view(3, 1, 1)
-        self.std = torch.tensor(norm.get("std", IMAGENET_STD)).view(3, 1, 1)
+        self._eval_tf = eval_transform_for(config)
+        self.crop, self.resize = self._eval_tf.crop, self._eval_tf.resize
+        self.mean = torch.tensor(self._eval_tf.mean).view(3, 1, 1)
+        self.std = torch.tensor(self._eval_tf.std).view(3, 1, 1)
         th = config.get("thresholds", {})
         self.threshold = float(threshold if threshold is not None else th.get("default", 0.5))
         self.class_names: list[str] = list(config.get("class_names") or [])
@@ -86,10 +84,6 @@ class LocLoc:
 
         self.amp_dtype = checked_amp(amp_dtype, self.device)  # bf16 on a CPU without it: fp32
         self.boxes_only = bool(boxes_only)  # skip the classifier: predictions carry no class
-        self._eval_tf = EvalTransform(
-            resize=self.resize, crop=self.crop, mean=tuple(self.mean.flatten().tolist()),
-            std=tuple(self.std.flatten().tolist()),
-        )
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, device: str | torch.device | None = None, **kw: Any) -> LocLoc:

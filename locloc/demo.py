@@ -171,13 +171,13 @@ def run_demo(
 
     # -- stage 1: masks -------------------------------------------------------------------
     from .masks.grabcut import GrabCutMasker, trimap_for
-    from .masks.runner import generate_masks
+    from .masks.runner import mask_samples
     from .masks.store import MaskStore
 
     backbone = build_backbone(recipe.backbone, weights, **recipe.backbone_kwargs)
     store = MaskStore(out / "masks")
     masker = GrabCutMasker(trimap_for(backbone), iterations=recipe.grabcut_iterations, seed=seed)
-    mstats = timer.run("masks", lambda: generate_masks(
+    mstats = timer.run("masks", lambda: mask_samples(
         list(train_all) + list(test), backbone, store, masker, batch_size=recipe.batch_size,
         workers=recipe.mask_workers, shard=(0, 1), device=device or "cpu", progress=progress))
 
@@ -265,14 +265,16 @@ def _infer(model_dir: Path, samples: Sequence[Sample], store: Any, device: str |
 
     from .api import default_device
     from .data.datasets import WSOLDataset, collate_wsol
-    from .data.transforms import EvalTransform
+    from .data.transforms import eval_transform_for
     from .engine.train_generator import nan_padded_to_list
     from .models.checkpoint import load_model_dir
 
     dev = torch.device(device) if device else default_device()
     model, cfg = load_model_dir(model_dir, device=dev)
-    inp, norm = cfg["input"], cfg["normalization"]
-    tf = EvalTransform(resize=inp["resize"], crop=inp["crop"], mean=norm["mean"], std=norm["std"], box_mapping="exact")
+    inp = cfg["input"]
+    # exact box mapping: the demo's GT boxes are exact pixel boxes; `locloc evaluate` defaults to
+    # the reference's integer mapping only so that the release's checkpoints give its numbers
+    tf = eval_transform_for(cfg, box_mapping="exact")
     loader = DataLoader(WSOLDataset(list(samples), tf), batch_size=64, shuffle=False, num_workers=0,
                         collate_fn=collate_wsol)
     logits, maps, att, gts, idx = [], [], [], [], []

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from . import __version__
+from .data.transforms import resize_for
 from .errors import ConfigError, LocLocError
 from .fileio import atomic_save
 from .metrics import box_from_map, normalize_map, to_uint8
@@ -212,7 +213,7 @@ def _metadata(model: nn.Module, config: dict[str, Any], opset: int, exporter: st
         "input_name": "images",
         "input_shape": f"batch x 3 x {crop} x {crop}",
         "input_size": str(crop),
-        "resize": str(int(inp.get("resize", round(crop * 256 / 224)))),
+        "resize": str(int(inp.get("resize", resize_for(crop)))),
         "input_note": "RGB float32, (pixel / 255 - mean) / std; the whole image resized to "
         "input_size x input_size (locloc's default 'full' view)",
         "mean": json.dumps([float(v) for v in norm.get("mean", [0.485, 0.456, 0.406])]),

@@ -14,7 +14,7 @@ from locloc.cli import main
 from locloc.data import load_dataset
 from locloc.data.synthetic import make_synthetic
 from locloc.data.transforms import EvalTransform
-from locloc.engine.evaluate import evaluate
+from locloc.engine.evaluate import evaluate_samples as evaluate
 from locloc.models.backbone import build_backbone
 from locloc.models.checkpoint import save_model_dir
 from locloc.models.classifier import LFDMClassifier

@@ -17,7 +17,7 @@ import torch
 from locloc.cli import main
 from locloc.errors import ConfigError
 from locloc.masks.grabcut import GrabCutMasker
-from locloc.masks.runner import generate_masks, parse_shard, resolve_shard, shard_samples
+from locloc.masks.runner import mask_samples, parse_shard, resolve_shard, shard_samples
 from locloc.masks.store import MaskStore
 
 TINY = '{"img_size": 64, "depth": 2, "embed_dim": 48, "num_heads": 3}'
@@ -249,9 +249,9 @@ def test_runner_stats_with_fake_backbone(tiny, tmp_path):
     data, _ = tiny
     samples = load_dataset(data).split("train")
     store = MaskStore(tmp_path / "s")
-    stats = generate_masks(samples, _FakeBackbone(), store, GrabCutMasker(iterations=1), batch_size=3, progress=False)
+    stats = mask_samples(samples, _FakeBackbone(), store, GrabCutMasker(iterations=1), batch_size=3, progress=False)
     assert stats.done == N_TRAIN and stats.skipped == 0
     assert stats.grabcut + sum(stats.fallbacks.values()) == N_TRAIN
     assert stats.images_per_s > 0
-    stats = generate_masks(samples, _FakeBackbone(), store, GrabCutMasker(iterations=1), progress=False)
+    stats = mask_samples(samples, _FakeBackbone(), store, GrabCutMasker(iterations=1), progress=False)
     assert stats.done == 0 and stats.skipped == N_TRAIN

@@ -118,8 +118,8 @@ def _verify_input(image: str | None, crop: int, data_config: dict):
     if image is None:
         torch.manual_seed(0)
         return torch.randn(2, 3, crop, crop)
-    from ..data.transforms import EvalTransform
+    from ..data.transforms import EvalTransform, resize_for
     from ..fileio import open_image
 
-    tf = EvalTransform(resize=round(crop * 256 / 224), crop=crop, mean=data_config["mean"], std=data_config["std"])
+    tf = EvalTransform(resize=resize_for(crop), crop=crop, mean=data_config["mean"], std=data_config["std"])
     return tf(open_image(image))[0][None]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 NAME = "masks"
 HELP = "stage 1: make GrabCut-enhanced masks from the frozen backbone's attention"
@@ -43,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bg", type=float, default=None, help="trimap sure-background cut (library default)")
     p.add_argument("--border", type=float, default=None, help="trimap border band, fraction of the shorter side")
     p.add_argument("--seed", type=int, default=0, help="cv2 RNG seed for GrabCut")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
     p.add_argument("--report", action="store_true",
                    help="score the masks against GT boxes/masks (and raw attention); writes report.json")
     p.add_argument("--hdf5", default=None, metavar="FILE", help="also pack the split's masks into one HDF5 file")
@@ -54,15 +52,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="skip (and count) unreadable images instead of stopping at the first one")
 
 
-def _splits(dataset, split: str) -> list[tuple[str, list]]:
-    if split == "all":
-        return list(dataset.splits.items())
-    return [(split, dataset.split(split))]
-
-
-def _backbone(args: argparse.Namespace):
-    from ..errors import ConfigError, DataError
-    from ..models.backbone import build_backbone
+def config_from_args(args: argparse.Namespace):
+    """The stage-1 config of the command line (flags over the library defaults)."""
+    from ..engine.config import MaskConfig, load_config
+    from ..errors import ConfigError
 
     kwargs = {}
     if args.backbone_args:
@@ -72,100 +65,16 @@ def _backbone(args: argparse.Namespace):
             raise ConfigError(f"--backbone-kwargs is not valid JSON ({e})") from None
         if not isinstance(kwargs, dict):
             raise ConfigError("--backbone-kwargs must be a JSON object")
-    if args.weights is None:
-        if not args.allow_random_backbone:
-            raise ConfigError(
-                "--weights FILE is required: masks from a random backbone are meaningless "
-                "(pass --allow-random-backbone to do it anyway, e.g. in tests)"
-            )
-    else:
-        from ..models.hub import is_hub_name
-
-        if not is_hub_name(args.weights) and not Path(args.weights).is_file():
-            raise DataError(f"{args.weights}: backbone weights file not found")
-    backbone = build_backbone(args.backbone, args.weights, **kwargs)
-    if args.attention_blocks:
-        backbone.attention_blocks = tuple(args.attention_blocks)
-        backbone.attention_block_ids()  # validate against the depth now, not mid-run
-    return backbone
+    keys = ("data_path", "split", "out", "backbone", "weights", "attention_blocks", "allow_random_backbone",
+            "workers", "shard", "batch_size", "iterations", "work_size", "fg", "bg", "border", "seed",
+            "device", "report", "hdf5", "import_h5", "skip_bad")
+    values = {k: getattr(args, k) for k in keys}
+    values["backbone_kwargs"] = kwargs
+    return load_config(MaskConfig, None, values)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import load_dataset
-    from ..data.datasets import skipped_message
-    from ..errors import ConfigError
-    from ..masks.grabcut import GrabCutMasker, trimap_for
-    from ..masks.quality import format_report, quality_report, write_report
-    from ..masks.runner import generate_masks, parse_shard, resolve_shard
-    from ..masks.store import MaskStore, import_reference_h5, pack_hdf5
+    from ..masks.stage import generate_masks
 
-    if args.workers < 0 or args.batch_size < 1:
-        raise ConfigError("--workers must be >= 0 and --batch-size >= 1")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise ConfigError(f"{args.out}: --out must be a mask store directory, found a file")
-    shard = parse_shard(args.shard) if args.shard is not None else None
-    dataset = load_dataset(args.data_path)
-    splits = _splits(dataset, args.split)
-    store = MaskStore(args.out)
-    out = Path(args.out)
-    unreadable: list[str] = []
-
-    if args.import_h5:
-        if len(splits) != 1:
-            raise ConfigError("--import-h5 reads one split's file: give --split train or --split test")
-        n = import_reference_h5(args.import_h5, splits[0][1], store)
-        print(f"imported {n} masks from {args.import_h5} into {out}")
-    else:
-        import os
-
-        from ..engine.distributed import select_device
-
-        device = select_device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
-        backbone = _backbone(args).to(device)
-        masker = GrabCutMasker(
-            trimap_for(backbone, fg_frac=args.fg, bg_frac=args.bg, border_frac=args.border),
-            iterations=args.iterations,
-            work_size=args.work_size or None,
-            seed=args.seed,
-        )
-        summary = {"masker": masker.config(), "attention_blocks": list(backbone.attention_blocks), "splits": {}}
-        for name, samples in splits:
-            stats = generate_masks(
-                samples, backbone, store, masker, batch_size=args.batch_size, workers=args.workers,
-                shard=shard, device=device, progress=not args.no_progress, skip_bad=args.skip_bad,
-            )
-            unreadable += stats.unreadable
-            summary["splits"][name] = stats.to_dict()
-            fb = sum(stats.fallbacks.values())
-            print(
-                f"{name}: shard {stats.shard[0]}/{stats.shard[1]}: {stats.done} written, {stats.skipped} "
-                f"already there, {fb} fallbacks, {stats.images_per_s:.2f} images/s",
-                file=sys.stderr,
-            )
-        i, n = resolve_shard(shard)
-        from ..fileio import write_json
-
-        write_json(out / (f"run_stats.shard{i}of{n}.json" if n > 1 else "run_stats.json"), summary)
-        if unreadable:
-            # the report and the HDF5 pack cover the images that have a mask
-            splits = [(name, [s for s in ss if store.has(s.relpath)]) for name, ss in splits]
-
-    if args.report:
-        backbone = None if args.import_h5 else backbone
-        report = {"splits": {}}
-        for name, samples in splits:
-            report["splits"][name] = quality_report(
-                samples, store, backbone=backbone,
-                attention_threshold=0.5, batch_size=args.batch_size,
-                device=None if backbone is None else device,
-            )
-            print(f"[{name}]\n{format_report(report['splits'][name])}")
-        write_report(out / "report.json", report)
-
-    if args.hdf5:
-        samples = [s for _, ss in splits for s in ss]
-        pack_hdf5(store, samples, args.hdf5)
-        print(f"packed {len(samples)} masks into {args.hdf5}")
-    if unreadable:
-        print(skipped_message(unreadable), file=sys.stderr)
+    generate_masks(config_from_args(args), progress=not args.no_progress)
     return 0

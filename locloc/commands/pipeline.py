@@ -25,8 +25,8 @@ HELP = "run masks, both trainers and evaluation for one data set from one config
 
 SHARED = ("data_path", "backbone", "backbone_kwargs", "weights", "device", "seed", "workers")
 SECTIONS = ("masks", "generator", "classifier", "evaluate")
-MASK_KEYS = {"split", "iterations", "work_size", "batch_size", "workers", "fg", "bg", "border"}
-EVAL_KEYS = {"split", "thresholds", "batch_size", "box_mapping", "first_box_only"}
+# keys of each section that the pipeline sets itself
+OWN_KEYS = {"masks": {"data_path", "out"}, "evaluate": {"data_path", "model_dir", "out"}}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,28 +35,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _section(cfg: dict[str, Any], name: str, allowed: set[str] | None, path: str) -> dict[str, Any]:
+def _section(cfg: dict[str, Any], name: str, path: str) -> dict[str, Any]:
     from ..errors import ConfigError
 
     sec = cfg.get(name) or {}
     if not isinstance(sec, dict):
         raise ConfigError(f"{path}: section {name!r} must be a mapping")
-    if allowed is not None:
-        unknown = sorted(set(sec) - allowed)
-        if unknown:
-            raise ConfigError(f"{path}: unknown key(s) {unknown} in section {name!r}; allowed: {sorted(allowed)}")
+    own = sorted(set(sec) & OWN_KEYS.get(name, set()))
+    if own:
+        raise ConfigError(f"{path}: section {name!r} cannot set {own}: the pipeline sets them")
     return sec
 
 
-def run(args: argparse.Namespace) -> int:
+def _log(msg: str) -> None:
+    print(f"[pipeline] {msg}", file=sys.stderr)
 
+
+def run(args: argparse.Namespace) -> int:
     from ..data import load_dataset
-    from ..engine.config import ClassifierTrainConfig, GeneratorTrainConfig, load_config, read_config_file
+    from ..engine.config import (
+        ClassifierTrainConfig,
+        EvalConfig,
+        GeneratorTrainConfig,
+        MaskConfig,
+        apply_values,
+        read_config_file,
+    )
+    from ..engine.distributed import select_device
+    from ..engine.evaluate import evaluate, format_model_threshold, format_table
+    from ..engine.train_classifier import train_classifier
+    from ..engine.train_generator import train_generator
     from ..errors import ConfigError
-    from ..masks.grabcut import GrabCutMasker, trimap_for
-    from ..masks.runner import generate_masks
+    from ..masks.stage import generate_masks
     from ..masks.store import MaskStore
-    from ..models.backbone import build_backbone
 
     path = args.config
     cfg = read_config_file(path)
@@ -71,67 +82,59 @@ def run(args: argparse.Namespace) -> int:
     if not cfg.get("weights"):
         raise ConfigError(f"{path}: `weights:` (a local backbone weights file) is required")
     shared = {k: cfg[k] for k in SHARED if k in cfg}
-    msec = _section(cfg, "masks", MASK_KEYS, path)
-    esec = _section(cfg, "evaluate", EVAL_KEYS, path)
-    gsec = _section(cfg, "generator", None, path)  # keys checked by the trainer's config
-    csec = _section(cfg, "classifier", None, path)
     progress = not args.no_progress
-    from ..engine.distributed import select_device
-
     device = str(select_device(shared.get("device")))
-    data = load_dataset(shared["data_path"])
+    sec = {name: _section(cfg, name, path) for name in SECTIONS}
 
-    # stage 1
-    store = MaskStore(out / "masks")
-    split = msec.get("split", "train")
-    samples = [s for name in (data.splits if split == "all" else [split]) for s in data.split(name)]
-    todo = [s for s in samples if not store.has(s.relpath)]
+    def build(cls, name: str, values: dict[str, Any]):
+        base = apply_values(cls(), {k: v for k, v in values.items() if v is not None}, f"{path} (shared keys)")
+        return apply_values(base, sec[name], f"{path} [{name}]")
+
+    # stage 1: masks of the train split by default (every split with `split: all`)
+    mcfg = build(MaskConfig, "masks", {
+        "data_path": shared["data_path"], "out": str(out / "masks"), "backbone": shared.get("backbone"),
+        "backbone_kwargs": shared.get("backbone_kwargs"), "weights": shared["weights"], "device": device,
+        "seed": shared.get("seed"),
+    })
+    common = {**shared, "masks": mcfg.out}
+    gen_dir, cls_dir = out / "generator", out / "classifier"
+    model_dir = cls_dir / "model"
+    # every section is checked before any stage runs
+    gcfg = build(GeneratorTrainConfig, "generator", {**common, "out": str(gen_dir)})
+    ccfg = build(ClassifierTrainConfig, "classifier",
+                 {**common, "out": str(cls_dir), "generator_dir": str(gen_dir / "model")})
+    ecfg = build(EvalConfig, "evaluate", {
+        "data_path": shared["data_path"], "model_dir": str(model_dir), "out": str(out / "eval"),
+        "device": device, "workers": shared.get("workers", 2),
+    })
+    data = load_dataset(shared["data_path"])
+    store = MaskStore(mcfg.out)
+    samples = [s for n in (data.splits if mcfg.split == "all" else [mcfg.split]) for s in data.split(n)]
+    todo = sum(not store.has(s.relpath) for s in samples)
     if todo:
-        print(f"[pipeline] masks: {len(todo)} of {len(samples)} images to do", file=sys.stderr)
-        backbone = build_backbone(shared.get("backbone", "deit_small_patch16_224"), shared["weights"],
-                                  **shared.get("backbone_kwargs", {}))
-        trimap = trimap_for(backbone, fg_frac=msec.get("fg"), bg_frac=msec.get("bg"), border_frac=msec.get("border"))
-        masker = GrabCutMasker(trimap, iterations=msec.get("iterations", 5), work_size=msec.get("work_size", 256),
-                               seed=shared.get("seed", 0))
-        generate_masks(samples, backbone, store, masker, batch_size=msec.get("batch_size", 32),
-                       workers=msec.get("workers", 1), device=device, progress=progress)
+        _log(f"masks: {todo} of {len(samples)} images to do")
+        generate_masks(mcfg, progress=progress)
     else:
-        print(f"[pipeline] masks: all {len(samples)} present, skipped", file=sys.stderr)
+        _log(f"masks: all {len(samples)} present, skipped")
 
     # stages 2 and 3
-    from ..engine.train_classifier import train_classifier
-    from ..engine.train_generator import train_generator
-
-    common = {**shared, "masks": str(store.root)}
-    gen_dir = out / "generator"
     if not (gen_dir / "model" / "config.json").exists():
-        gcfg = load_config(GeneratorTrainConfig, None, {**common, **gsec,
-                                                        "out": str(gen_dir)})
         train_generator(gcfg, resume="auto", progress=progress)
     else:
-        print("[pipeline] generator: model present, skipped", file=sys.stderr)
-    cls_dir = out / "classifier"
-    model_dir = cls_dir / "model"
+        _log("generator: model present, skipped")
     if not (model_dir / "config.json").exists():
-        ccfg = load_config(ClassifierTrainConfig, None, {**common, **csec,
-                                                         "out": str(cls_dir), "generator_dir": str(gen_dir / "model")})
         train_classifier(ccfg, resume="auto", progress=progress)
     else:
-        print("[pipeline] classifier: model present, skipped", file=sys.stderr)
+        _log("classifier: model present, skipped")
 
     # stage 4
     if (out / "eval" / "metrics.json").exists():
-        print(f"[pipeline] evaluate: {out / 'eval' / 'metrics.json'} present, skipped", file=sys.stderr)
+        _log(f"evaluate: {out / 'eval' / 'metrics.json'} present, skipped")
         return 0
-    from ..cli import main as cli_main
-
-    argv = ["evaluate", "--model-dir", str(model_dir), "--data-path", str(shared["data_path"]),
-            "--out", str(out / "eval"), "--device", device, "--workers", str(shared.get("workers", 2))]
-    for key, flag in (("split", "--split"), ("batch_size", "--batch-size"), ("box_mapping", "--box-mapping")):
-        if key in esec:
-            argv += [flag, str(esec[key])]
-    if esec.get("thresholds"):
-        argv += ["--thresholds", *map(str, esec["thresholds"])]
-    if esec.get("first_box_only"):
-        argv.append("--first-box-only")
-    return cli_main(argv)
+    result = evaluate(ecfg, progress=progress)
+    print(format_table(result.metrics))
+    line = format_model_threshold(result.metrics)
+    if line:
+        print(line)
+    _log(f"wrote {out / 'eval' / 'metrics.json'}")
+    return 0

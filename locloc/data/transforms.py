@@ -107,6 +107,27 @@ def crop_to_original(
     return np.clip(out, 0, np.array([orig_size[0], orig_size[1]] * 2, dtype=np.float64))
 
 
+def resize_for(crop: int) -> int:
+    """The short-side resize that goes with a ``crop`` (the ImageNet 256 / 224 rule)."""
+    return int(round(crop * 256 / 224))
+
+
+def eval_transform_for(
+    config: dict, default_crop: int = 224, box_mapping: str = "reference"
+) -> EvalTransform:
+    """The evaluation transform a model-dir ``config`` describes (``input.resize``/``crop``,
+    ``normalization.mean``/``std``; missing entries: ``default_crop``, :func:`resize_for`,
+    ImageNet statistics). Every evaluation path (``locloc evaluate``, the pipeline, the demo,
+    the API's ``view="crop"``) builds its transform here."""
+    inp = config.get("input") or {}
+    crop = int(inp.get("crop", default_crop))
+    norm = config.get("normalization") or {}
+    return EvalTransform(
+        resize=int(inp.get("resize", resize_for(crop))), crop=crop,
+        mean=norm.get("mean", IMAGENET_MEAN), std=norm.get("std", IMAGENET_STD), box_mapping=box_mapping,
+    )
+
+
 class EvalTransform:
     """Resize the short side to ``resize``, centre crop ``crop``, normalize.
 

@@ -106,13 +106,77 @@ class ClassifierTrainConfig(TrainConfig):
     classifier_depth: int | None = None  # blocks copied from the backbone (None: all of them)
 
 
-C = TypeVar("C", bound=TrainConfig)
+@dataclass
+class MaskConfig:
+    """Stage 1: GrabCut-enhanced masks for a data set split (``locloc masks``)."""
 
-_POSITIVE = {"epochs", "batch_size", "val_every", "checkpoint_every"}
-_POSITIVE_OPT = {"steps_per_epoch", "crop_size", "resize_size", "masked_size", "classifier_depth"}
+    data_path: str | None = None
+    split: str = "train"  # train, test, or all
+    out: str | None = None  # the mask store directory
+    backbone: str = "deit_small_patch16_224"
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None  # a local file in any known layout, or hf-hub:ORG/NAME
+    attention_blocks: list[int] | None = None  # None: the backbone family's default
+    allow_random_backbone: bool = False
+    workers: int = 1  # GrabCut processes (0: in the main process)
+    shard: str | None = None  # "I/N"
+    batch_size: int = 32  # backbone batch
+    iterations: int = 5  # GrabCut iterations
+    work_size: int = 256  # GrabCut working resolution (longer side); 0 = full resolution
+    fg: float | None = None  # trimap cuts; None: the weights file's, else the library's
+    bg: float | None = None
+    border: float | None = None
+    seed: int = 0
+    device: str | None = None  # None: CUDA when available
+    report: bool = False  # score the masks against GT boxes/masks; report.json
+    hdf5: str | None = None  # also pack the masks into one HDF5 file
+    import_h5: str | None = None  # import a reference .h5 mask file instead of generating
+    skip_bad: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class EvalConfig:
+    """Stage 4: scores on a data set with boxes (``locloc evaluate``). The model is a project
+    model dir, or the reference release's three files (``reference_*``)."""
+
+    data_path: str | None = None
+    model_dir: str | None = None
+    split: str | None = None  # None: test when the data set has it, else its first split
+    images_root: str | None = None  # wsolevaluation metadata: where the images are
+    threshold_split: str | None = None  # choose the box threshold here, report ``split`` at it
+    out: str | None = None  # metrics.json + per_image.csv (+ eval_config.yaml)
+    thresholds: list[float] | None = None  # None: the model's sweep, else the reference's
+    batch_size: int = 32
+    workers: int = 2
+    device: str | None = None
+    bf16: bool = False
+    boxes_only: bool = False
+    box_mapping: str = "reference"
+    first_box_only: bool = False
+    limit: int | None = None
+    metric_workers: int = 1
+    skip_bad: bool = False
+    data_set: str | None = None  # the reference's --data-set name (CUB, IMNET, ILSVRC)
+    reference_model: str | None = None
+    reference_backbone: str | None = None
+    reference_classifier: str | None = None
+    reference_locator: str | None = None
+    locator_type: str = "auto"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+C = TypeVar("C")
+
+_POSITIVE = {"epochs", "batch_size", "val_every", "checkpoint_every", "iterations", "metric_workers"}
+_POSITIVE_OPT = {"steps_per_epoch", "crop_size", "resize_size", "masked_size", "classifier_depth", "limit"}
 _NON_NEGATIVE = {
     "base_lr", "lr", "min_lr", "warmup_lr", "warmup_epochs", "weight_decay", "clip_grad",
-    "workers", "cache_views", "label_smoothing", "color_jitter", "heldout_per_class",
+    "workers", "cache_views", "label_smoothing", "color_jitter", "heldout_per_class", "work_size",
 }
 _CHOICES = {
     "amp": ("auto", "bf16", "fp16", "off"),
@@ -120,6 +184,9 @@ _CHOICES = {
     "val_split": ("test", "heldout", "none"),
     "generator": ("unet", "deconv", "light"),
     "interpolation": ("bicubic", "bilinear", "nearest", "random"),
+    "box_mapping": ("reference", "exact"),
+    "locator_type": ("auto", "unet", "deconv"),
+    "data_set": ("CUB", "IMNET", "ILSVRC"),
 }
 
 
@@ -189,9 +256,15 @@ def _validate_value(name: str, value: Any) -> None:
         raise ValueError(f"must be in [0, 1], got {value}")
     if name == "val_thresholds" and (not value or any(not 0.0 <= t <= 1.0 for t in value)):
         raise ValueError(f"must be a non-empty list of numbers in [0, 1], got {value}")
+    if name == "thresholds" and (not value or any(not 0.0 <= t < 1.0 for t in value)):
+        raise ValueError(f"must be a non-empty list of numbers in [0, 1), got {value}")
+    if name in ("fg", "bg", "border") and not 0.0 <= value <= 1.0:
+        raise ValueError(f"must be in [0, 1], got {value}")
 
 
-def _apply(cfg: C, values: dict[str, Any], source: str) -> C:
+def apply_values(cfg: C, values: dict[str, Any], source: str) -> C:
+    """``cfg`` with ``values`` applied, each type-checked and validated; errors name
+    ``source`` and the key."""
     hints = typing.get_type_hints(type(cfg))
     names = {f.name for f in dataclasses.fields(cfg)}
     updates = {}
@@ -242,19 +315,19 @@ def load_config(
     """
     cfg = cls()
     if path is not None:
-        cfg = _apply(cfg, read_config_file(path), str(path))
+        cfg = apply_values(cfg, read_config_file(path), str(path))
     if overrides:
-        cfg = _apply(cfg, {k: v for k, v in overrides.items() if v is not None}, "command line")
+        cfg = apply_values(cfg, {k: v for k, v in overrides.items() if v is not None}, "command line")
     return cfg
 
 
-def save_config(cfg: TrainConfig, run_dir: str | Path) -> None:
-    """Write the resolved config as ``config.yaml`` and ``config.json`` in ``run_dir``."""
+def save_config(cfg: Any, run_dir: str | Path, name: str = "config") -> None:
+    """Write a resolved config dataclass as ``<name>.yaml`` and ``<name>.json`` in ``run_dir``."""
     run_dir = Path(run_dir)
-    d = cfg.to_dict()
-    with atomic_write(run_dir / "config.yaml", "w") as f:
+    d = dataclasses.asdict(cfg)
+    with atomic_write(run_dir / f"{name}.yaml", "w") as f:
         yaml.safe_dump(d, f, sort_keys=False)
-    write_json(run_dir / "config.json", d)
+    write_json(run_dir / f"{name}.json", d)
 
 
 # ---- command line ---------------------------------------------------------------------------

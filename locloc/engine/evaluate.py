@@ -1,7 +1,10 @@
 """The evaluation loop: one backbone pass per batch feeds both heads; metrics accumulate on CPU.
 
-``evaluate`` returns the ``metrics.json`` dict (percent) and, on request, writes it together
-with a per-image CSV. The schema is shared by ``locloc evaluate``, ``locloc pipeline`` and
+Stage 4 as one call: :func:`evaluate` (an :class:`EvalConfig` in: data set, model dir or the
+reference release's files, split, thresholds; an :class:`EvalResult` out, written to
+``out/metrics.json`` + ``per_image.csv`` + ``eval_config.yaml`` when ``out`` is set).
+:func:`evaluate_samples` is the loop under it (a model and samples in). The metrics dict is
+percent. The schema is shared by ``locloc evaluate``, ``locloc pipeline`` and
 ``locloc demo``::
 
     {"top1_cls", "top5_cls", "maxboxacc_v2",
@@ -15,7 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +30,16 @@ from torch.utils.data import DataLoader
 
 from ..data.datasets import WSOLDataset, collate_wsol
 from ..data.records import Sample
-from ..data.transforms import EvalTransform
+from ..data.transforms import EvalTransform, eval_transform_for
+from ..errors import ConfigError, DataError
 from ..fileio import atomic_write, write_json
 from ..metrics import LocalizationAccumulator, MaxBoxAccV2Accumulator
 from ..models.pipeline import LocLocModel
+from .config import EvalConfig, save_config
+
+CUB_THRESHOLDS = (0.45, 0.48, 0.50, 0.51, 0.52, 0.53)
+ILSVRC_THRESHOLDS = (0.30, 0.34, 0.38, 0.40, 0.42, 0.45)
+REFERENCE_MODELS = {"deit_small_lctr": "deit_small_patch16_224"}
 
 
 @dataclass
@@ -50,7 +59,7 @@ def _gt_list(boxes: torch.Tensor, first_box_only: bool) -> list[np.ndarray]:
     return out
 
 
-def evaluate(
+def evaluate_samples(
     model: LocLocModel,
     samples: Sequence[Sample],
     *,
@@ -263,3 +272,138 @@ def format_reference(metrics: dict[str, Any]) -> str:
             f"Cls Top1: {metrics['top1_cls'] or 0.0:.3f} Cls Top5:{metrics['top5_cls'] or 0.0:.3f}"
         )
     return "\n".join(blocks)
+
+
+# ------------------------------------------------------------------------- the stage-4 call
+
+
+def _stderr(msg: str) -> None:
+    import sys
+
+    print(msg, file=sys.stderr)
+
+
+def load_eval_model(cfg: EvalConfig) -> tuple[LocLocModel, dict[str, Any]]:
+    """The model of ``cfg``: a project model dir (with its config) or the reference release's
+    three files (``reference_backbone/classifier/locator``; config ``{}``)."""
+    from ..models.checkpoint import build_from_reference, load_model_dir
+
+    ref = {"--resume": cfg.reference_backbone, "--classifier": cfg.reference_classifier,
+           "--locator": cfg.reference_locator}
+    if cfg.model_dir:
+        if any(ref.values()):
+            raise ConfigError("give either --model-dir or the reference files (--resume/--classifier/--locator), not both")
+        return load_model_dir(cfg.model_dir, device="cpu")
+    missing = [f for f, v in ref.items() if not v]
+    if missing:
+        raise ConfigError(
+            "no model given: pass --model-dir DIR, or the reference release's files with "
+            f"--resume/--classifier/--locator (missing: {', '.join(missing)})"
+        )
+    name = REFERENCE_MODELS.get(cfg.reference_model or "deit_small_lctr")
+    if name is None:
+        raise ConfigError(f"--model {cfg.reference_model!r} is not a reference model; known: {', '.join(REFERENCE_MODELS)}")
+    model = build_from_reference(cfg.reference_backbone, cfg.reference_classifier, cfg.reference_locator,
+                                 backbone_name=name, generator=cfg.locator_type)
+    return model, {}
+
+
+def default_thresholds(config: dict[str, Any], dataset_name: str) -> list[float]:
+    """The model's own sweep, else the reference's for the data set (ILSVRC or CUB)."""
+    sweep = (config.get("thresholds") or {}).get("sweep")
+    if sweep:
+        return [float(t) for t in sweep]
+    return list(ILSVRC_THRESHOLDS if dataset_name.lower().startswith("ilsvrc") else CUB_THRESHOLDS)
+
+
+def evaluate(cfg: EvalConfig, *, progress: bool = True, log: Callable[[str], None] = _stderr) -> EvalResult:
+    """Stage 4: score a model on ``cfg.split`` of a data set with boxes.
+
+    The box threshold is the sweep's best on the split itself (optimistic, labelled so), or,
+    with ``threshold_split``, the best on that split, reported on ``split`` (the honest
+    protocol). When the model stores its own threshold, the result at it is added
+    (``at_model_threshold``). With ``out``, writes ``metrics.json``, ``per_image.csv`` and the
+    resolved ``eval_config.yaml`` there, each atomically.
+    """
+    from ..data import load_dataset
+    from ..data.datasets import check_images, skipped_message, worker_errors
+    from ..metrics import choose_threshold, heldout_protocol
+    from .distributed import select_device
+
+    if not cfg.data_path:
+        raise ConfigError("evaluate: data_path is required")
+    kind = {"CUB": "cub", "IMNET": "ilsvrc", "ILSVRC": "ilsvrc"}.get(cfg.data_set or "", "auto")
+    data = load_dataset(cfg.data_path, kind=kind, images_root=cfg.images_root)
+    split = cfg.split or ("test" if "test" in data.splits else next(iter(data.splits)))
+    samples = data.split(split)
+    select = data.split(cfg.threshold_split) if cfg.threshold_split else None
+    if cfg.threshold_split == split:
+        raise ConfigError(f"--threshold-split {split} is the evaluated split itself; choose another (e.g. val)")
+    if cfg.limit:
+        samples = samples[: cfg.limit]
+    skipped: list[str] = []
+    if cfg.skip_bad:
+        samples, skipped = check_images(samples, workers=max(1, cfg.workers))
+        if not samples:
+            raise DataError(f"{cfg.data_path}: no readable images in split {split!r} ({skipped_message(skipped)})")
+    model, config = load_eval_model(cfg)
+    transform = eval_transform_for(config, getattr(model.backbone, "img_size", (224, 224))[0], cfg.box_mapping)
+    thresholds = cfg.thresholds or default_thresholds(config, data.name)
+    class_names = config.get("class_names") or data.classes
+    device = select_device(cfg.device)
+    common = dict(
+        transform=transform, thresholds=thresholds, device=device, batch_size=cfg.batch_size,
+        workers=cfg.workers, first_box_only=cfg.first_box_only, progress=progress,
+        amp_dtype=torch.bfloat16 if cfg.bf16 else None, metric_workers=cfg.metric_workers,
+    )
+    chosen = None
+    if select is not None:
+        log(f"choosing the box threshold on {len(select)} images of {data.name} ({cfg.threshold_split})")
+        with worker_errors():  # GT-known Loc needs no class: the classifier is skipped here
+            sel = evaluate_samples(model, select, boxes_only=True, **common)
+        chosen = choose_threshold(sel.metrics)
+    log(f"evaluating {len(samples)} images of {data.name} ({split}) on {device}")
+    with worker_errors():
+        result = evaluate_samples(model, samples, class_names=class_names, boxes_only=cfg.boxes_only,
+                                  row_threshold=chosen, **common)
+    m = result.metrics
+    if select is not None:
+        proto = heldout_protocol(sel.metrics, m)
+        proto["threshold_chosen_on"] = f"split {cfg.threshold_split!r}"
+        m["test_sweep_best_optimistic"] = proto["test_sweep_best_optimistic"]
+        m["best"] = proto["test_at_heldout_threshold"]
+        m["best_selection"] = (f"threshold chosen on split {cfg.threshold_split!r} "
+                               f"(max GT-known Loc there, {len(select)} images)")
+        m["threshold_protocol"] = proto
+    th_cfg = config.get("thresholds") or {}
+    if select is None and "default" in th_cfg:
+        # the threshold stored with the model (chosen on its validation split during training)
+        rows = [r for r in m["per_threshold"] if abs(r["threshold"] - th_cfg["default"]) < 1e-9]
+        if rows:
+            m["at_model_threshold"] = {**rows[0], "chosen_on": th_cfg.get("chosen_on", "unknown")}
+    m.update(data_path=str(Path(cfg.data_path)), split=split, skipped_images=len(skipped))
+    if skipped:
+        m["skipped"] = skipped
+    if cfg.out:
+        try:
+            write_results(result, cfg.out)
+            save_config(cfg, cfg.out, "eval_config")
+        except OSError as e:  # disk full, permissions, --out names a file: nothing half-written
+            raise DataError(
+                f"{cfg.out}: cannot write metrics.json and per_image.csv here ({e.strerror or e})"
+            ) from None
+    return result
+
+
+def format_model_threshold(metrics: dict[str, Any]) -> str | None:
+    """One line: the result at the model's stored threshold, and where it was chosen."""
+    at = metrics.get("at_model_threshold")
+    if at is None:
+        return None
+    where = {"heldout": "held-out training images", "test": "the test images (optimistic)"}.get(
+        at["chosen_on"], f"split {at['chosen_on']!r}")
+    line = (f"at the model's own threshold {at['threshold']:.2f} (chosen during training on {where}): "
+            f"GT-known {at['gt_known_loc']:.2f}")
+    if at["top1_loc"] is not None:
+        line += f", Top-1 Loc {at['top1_loc']:.2f}"
+    return line

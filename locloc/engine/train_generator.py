@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.transforms import resize_for
 from ..errors import ConfigError, DataError
 from .config import GeneratorTrainConfig, TrainConfig
 from .distributed import DistInfo, all_reduce_sum, init_distributed, weighted_mean
@@ -122,7 +123,7 @@ def prepare_stage(cfg: TrainConfig, dist: DistInfo | None = None, log: Callable[
             f"crop size {crop} differs from the backbone's input size {img}; drop --crop-size or "
             f'build the backbone for it (--backbone-kwargs \'{{"img_size": {crop}}}\')'
         )
-    resize = cfg.resize_size or int(round(crop * 256 / 224))
+    resize = cfg.resize_size or resize_for(crop)
     if resize < crop:
         raise ConfigError(f"resize size {resize} is smaller than the crop size {crop}")
     dc = backbone.data_config

@@ -2,7 +2,7 @@
 
 from .grabcut import FALLBACK_REASONS, GrabCutMasker, TrimapConfig, attention_mask
 from .quality import MaskQuality, box_iou, mask_box, mask_iou, quality_report
-from .runner import RunStats, generate_masks, parse_shard, resolve_shard, shard_samples
+from .runner import RunStats, mask_samples, parse_shard, resolve_shard, shard_samples
 from .store import HDF5Store, MaskStore, import_reference_h5, open_store, pack_hdf5, reference_binarize
 
 __all__ = [
@@ -15,7 +15,7 @@ __all__ = [
     "TrimapConfig",
     "attention_mask",
     "box_iou",
-    "generate_masks",
+    "mask_samples",
     "import_reference_h5",
     "mask_box",
     "mask_iou",

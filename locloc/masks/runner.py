@@ -26,7 +26,7 @@ from .store import MaskStore
 
 @dataclass
 class RunStats:
-    """What :func:`generate_masks` did."""
+    """What :func:`mask_samples` did."""
 
     total: int = 0  # samples in this shard
     done: int = 0  # masks written by this run
@@ -192,7 +192,7 @@ def _mask_loop(
             pool.join()
 
 
-def generate_masks(
+def mask_samples(
     samples: Sequence[Any],
     backbone: Any,
     out_store: MaskStore,

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..data.transforms import resize_for
 from ..errors import CheckpointError
 from ..fileio import atomic_save, write_json
 from .backbone import FrozenViT, build_backbone
@@ -462,7 +463,7 @@ def model_config(model: LocLocModel, config: dict[str, Any] | None = None) -> di
         "normalization": config.get("normalization")
         or {"mean": [float(v) for v in dc["mean"]], "std": [float(v) for v in dc["std"]]},
         # the method's eval protocol (resize 256, centre crop 224), scaled to the model's input
-        "input": config.get("input") or {"resize": round(crop * 256 / 224), "crop": crop},
+        "input": config.get("input") or {"resize": resize_for(crop), "crop": crop},
         "thresholds": config.get("thresholds") or {"default": 0.5, "sweep": [0.5]},
     }
     if "source" in config:
