@@ -255,7 +255,7 @@ def _transform(cfg: dict):
 
 def section_accuracy(args: argparse.Namespace, device: torch.device) -> None:
     from locloc.data import load_dataset
-    from locloc.models.checkpoint import load_model_dir
+    from locloc.models.model_dir import load_model_dir
 
     demo = Path(args.demo)
     model_dir = demo / "classifier" / "model"
@@ -290,7 +290,7 @@ def section_generators(args: argparse.Namespace, device: torch.device) -> None:
     from locloc.data import load_dataset
     from locloc.engine.config import GeneratorTrainConfig
     from locloc.engine.train_generator import train_generator
-    from locloc.models.checkpoint import load_model_dir
+    from locloc.models.model_dir import load_model_dir
 
     demo = Path(args.demo)
     if not (demo / "masks").is_dir() or not (demo / "backbone" / "backbone.safetensors").exists():

@@ -36,9 +36,9 @@ def make_model_dir(path: Path, classes: int) -> Path:
     import torch
 
     from locloc.models.backbone import build_backbone
-    from locloc.models.checkpoint import save_model_dir
     from locloc.models.classifier import LFDMClassifier
     from locloc.models.generator import LightGenerator
+    from locloc.models.model_dir import save_model_dir
     from locloc.models.pipeline import LocLocModel
 
     torch.manual_seed(0)

@@ -34,7 +34,7 @@ def main() -> None:
 
     import onnxruntime as ort
 
-    from locloc.models.checkpoint import load_model_dir
+    from locloc.models.model_dir import load_model_dir
     from locloc.onnx_export import export_onnx
 
     if args.threads:

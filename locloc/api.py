@@ -89,7 +89,7 @@ class LocLoc:
     def from_pretrained(cls, model_dir: str | Path, device: str | torch.device | None = None, **kw: Any) -> LocLoc:
         """Load a project model directory (``model.safetensors`` + ``config.json``)."""
         from .engine.distributed import select_device
-        from .models.checkpoint import load_model_dir
+        from .models.model_dir import load_model_dir
 
         dev = select_device(str(device) if device is not None else None)
         model, config = load_model_dir(model_dir, device=dev)

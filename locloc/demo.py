@@ -267,7 +267,7 @@ def _infer(model_dir: Path, samples: Sequence[Sample], store: Any, device: str |
     from .data.datasets import WSOLDataset, collate_wsol
     from .data.transforms import eval_transform_for
     from .engine.train_generator import nan_padded_to_list
-    from .models.checkpoint import load_model_dir
+    from .models.model_dir import load_model_dir
 
     dev = torch.device(device) if device else default_device()
     model, cfg = load_model_dir(model_dir, device=dev)

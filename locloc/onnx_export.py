@@ -288,7 +288,7 @@ def export_onnx(
     appears atomically: a failure at any step leaves ``out`` as it was. A model without a
     classifier is exported as with ``boxes_only``.
     """
-    from .models.checkpoint import load_model_dir
+    from .models.model_dir import load_model_dir
 
     if exporter not in EXPORTERS:
         raise ConfigError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")

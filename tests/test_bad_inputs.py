@@ -139,9 +139,9 @@ def shared(tmp_path_factory) -> dict[str, Path]:
     from locloc.data.synthetic import make_synthetic
     from locloc.masks.store import MaskStore
     from locloc.models.backbone import build_backbone
-    from locloc.models.checkpoint import save_model_dir
     from locloc.models.classifier import LFDMClassifier
     from locloc.models.generator import LightGenerator
+    from locloc.models.model_dir import save_model_dir
     from locloc.models.pipeline import LocLocModel
 
     base = tmp_path_factory.mktemp("bad_inputs")

@@ -13,18 +13,12 @@ from safetensors.torch import load_file, save_file
 
 from locloc.errors import CheckpointError
 from locloc.models.backbone import build_backbone
-from locloc.models.checkpoint import (
-    build_from_reference,
-    describe_state_dict,
-    load_model_dir,
-    load_state_dict_file,
-    load_strict,
-    remap_state_dict,
-    save_model_dir,
-)
+from locloc.models.builder import build_from_reference
 from locloc.models.classifier import LFDMClassifier
 from locloc.models.generator import DeconvGenerator, LightGenerator, UNetGenerator
+from locloc.models.model_dir import load_model_dir, save_model_dir
 from locloc.models.pipeline import LocLocModel
+from locloc.models.weights import describe_state_dict, load_state_dict_file, load_strict, remap_state_dict
 
 TINY = dict(img_size=64, depth=2, embed_dim=48, num_heads=3)
 

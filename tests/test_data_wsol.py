@@ -98,9 +98,9 @@ def wsol_synthetic(tmp_path_factory):
     from locloc.data.records import heldout_split
     from locloc.data.synthetic import make_synthetic
     from locloc.models.backbone import build_backbone
-    from locloc.models.checkpoint import save_model_dir
     from locloc.models.classifier import LFDMClassifier
     from locloc.models.generator import LightGenerator
+    from locloc.models.model_dir import save_model_dir
     from locloc.models.pipeline import LocLocModel
 
     base = tmp_path_factory.mktemp("wsol_syn")
@@ -161,7 +161,7 @@ def test_threshold_split_errors(wsol_synthetic, tmp_path, capsys):
 
 
 def test_evaluate_reports_the_models_own_threshold(wsol_synthetic, tmp_path, capsys):
-    from locloc.models.checkpoint import load_model_dir, save_model_dir
+    from locloc.models.model_dir import load_model_dir, save_model_dir
 
     model, cfg = load_model_dir(wsol_synthetic["model"])
     cfg = {k: cfg[k] for k in ("class_names", "input")}

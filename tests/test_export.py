@@ -16,9 +16,10 @@ from PIL import Image
 from locloc import LocLoc
 from locloc.cli import main
 from locloc.models.backbone import build_backbone
-from locloc.models.checkpoint import build_from_reference, load_model_dir, save_model_dir
+from locloc.models.builder import build_from_reference
 from locloc.models.classifier import LFDMClassifier
 from locloc.models.generator import LightGenerator
+from locloc.models.model_dir import load_model_dir, save_model_dir
 from locloc.models.pipeline import LocLocModel
 from locloc.onnx_export import DEFAULT_OPSET, boxes_from_maps, export_onnx, read_metadata
 

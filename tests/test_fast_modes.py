@@ -16,9 +16,9 @@ from locloc.data.synthetic import make_synthetic
 from locloc.data.transforms import EvalTransform
 from locloc.engine.evaluate import evaluate_samples as evaluate
 from locloc.models.backbone import build_backbone
-from locloc.models.checkpoint import save_model_dir
 from locloc.models.classifier import LFDMClassifier
 from locloc.models.generator import LightGenerator, UNetGenerator
+from locloc.models.model_dir import save_model_dir
 from locloc.models.pipeline import LocLocModel
 
 TINY = dict(img_size=64, patch_size=16, depth=2, embed_dim=48, num_heads=3)

@@ -58,9 +58,9 @@ def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120.0) -> bool:
 def eval_setup(tmp_path_factory):
     from locloc.data.synthetic import make_synthetic
     from locloc.models.backbone import build_backbone
-    from locloc.models.checkpoint import save_model_dir
     from locloc.models.classifier import LFDMClassifier
     from locloc.models.generator import LightGenerator
+    from locloc.models.model_dir import save_model_dir
     from locloc.models.pipeline import LocLocModel
 
     base = tmp_path_factory.mktemp("faults_eval")

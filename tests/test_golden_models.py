@@ -15,7 +15,8 @@ import torch
 
 from locloc.cli import main
 from locloc.models.backbone import patch_map
-from locloc.models.checkpoint import build_from_reference, load_model_dir
+from locloc.models.builder import build_from_reference
+from locloc.models.model_dir import load_model_dir
 
 pytestmark = pytest.mark.slow  # ~30 s: rebuilds and round-trips 70 M golden weights
 

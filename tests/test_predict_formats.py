@@ -15,9 +15,9 @@ from PIL import Image
 from locloc import LocLoc
 from locloc.cli import main
 from locloc.models.backbone import build_backbone
-from locloc.models.checkpoint import save_model_dir
 from locloc.models.classifier import LFDMClassifier
 from locloc.models.generator import LightGenerator
+from locloc.models.model_dir import save_model_dir
 from locloc.models.pipeline import LocLocModel
 
 TINY = dict(img_size=64, patch_size=16, depth=2, embed_dim=48, num_heads=3)

@@ -224,7 +224,7 @@ def test_guide_box_and_masked_image():
 
 def test_train_generator_end_to_end(tiny, tmp_path):
     from locloc.engine.train_generator import train_generator
-    from locloc.models.checkpoint import load_model_dir
+    from locloc.models.model_dir import load_model_dir
 
     torch.set_num_threads(1)
     data, masks = tiny
@@ -272,7 +272,7 @@ def test_missing_masks_reported(tiny, tmp_path):
 def test_train_classifier_merges_generator(tiny, tmp_path):
     from locloc.engine.train_classifier import train_classifier
     from locloc.engine.train_generator import train_generator
-    from locloc.models.checkpoint import load_model_dir
+    from locloc.models.model_dir import load_model_dir
 
     torch.set_num_threads(1)
     data, masks = tiny

@@ -71,7 +71,8 @@ def read_class_names(path: str | Path) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
-    from ..models.checkpoint import build_from_reference, save_model_dir
+    from ..models.builder import build_from_reference
+    from ..models.model_dir import save_model_dir
 
     thresholds = dict(THRESHOLDS[args.dataset])
     if args.thresholds:

@@ -36,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import CheckpointError, ConfigError
     from ..models.backbone import build_backbone
-    from ..models.checkpoint import fit_to_vit, load_strict, read_checkpoint, remap_state_dict, save_backbone_file
     from ..models.layouts import POS_EMBED_RULES, detect_layout
+    from ..models.weights import fit_to_vit, load_strict, read_checkpoint, remap_state_dict, save_backbone_file
 
     out = Path(args.out)
     if out.suffix != ".safetensors":

@@ -286,7 +286,8 @@ def _stderr(msg: str) -> None:
 def load_eval_model(cfg: EvalConfig) -> tuple[LocLocModel, dict[str, Any]]:
     """The model of ``cfg``: a project model dir (with its config) or the reference release's
     three files (``reference_backbone/classifier/locator``; config ``{}``)."""
-    from ..models.checkpoint import build_from_reference, load_model_dir
+    from ..models.builder import build_from_reference
+    from ..models.model_dir import load_model_dir
 
     ref = {"--resume": cfg.reference_backbone, "--classifier": cfg.reference_classifier,
            "--locator": cfg.reference_locator}

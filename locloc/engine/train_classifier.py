@@ -162,9 +162,10 @@ def merge_model_dir(generator_dir: str | Path, classifier_run: str | Path, out_d
     (its ``classifier.*`` files). Both must share the backbone (name, kwargs and weights)."""
     from safetensors.torch import load_file
 
-    from ..models.checkpoint import load_model_dir, load_strict, save_model_dir
     from ..models.classifier import LFDMClassifier
+    from ..models.model_dir import load_model_dir, save_model_dir
     from ..models.pipeline import LocLocModel
+    from ..models.weights import load_strict
 
     classifier_run = Path(classifier_run)
     cpath = classifier_run / CLASSIFIER_CONFIG
@@ -188,7 +189,7 @@ def merge_model_dir(generator_dir: str | Path, classifier_run: str | Path, out_d
 
 
 def _check_same_backbone(generator_dir: Path, backbone: Any) -> None:
-    from ..models.checkpoint import load_model_dir
+    from ..models.model_dir import load_model_dir
 
     gen_model, _ = load_model_dir(generator_dir)
     mine = {k: v.cpu() for k, v in backbone.state_dict().items()}

@@ -343,8 +343,8 @@ def train_generator(
     """
     from ..data.transforms import JointTrainTransform
     from ..models.backbone import patch_map
-    from ..models.checkpoint import save_model_dir
     from ..models.generator import build_generator
+    from ..models.model_dir import save_model_dir
     from ..models.pipeline import LocLocModel
 
     setup = prepare_stage(cfg, dist, log)

@@ -201,7 +201,7 @@ def build_backbone(
         raise ConfigError(f"cannot build backbone {name!r} with {timm_kwargs}: {e}") from None
     backbone = FrozenViT(vit, name=name, timm_kwargs=timm_kwargs)
     if weights is not None:
-        from .checkpoint import load_backbone_weights
+        from .weights import load_backbone_weights
 
         load_backbone_weights(backbone, weights)
     return backbone

@@ -1,8 +1,10 @@
-"""One checkpoint loader for every source, per-source key remapping, strict loading, and the
-project's model directory (``model.safetensors`` + ``config.json``).
+"""Weights in: one reader for every checkpoint file, per-source key remapping and strict
+loading (the backbone's, the reference release's, a saved model's).
 
 Pickled files are read with ``torch.load(weights_only=True)`` only: a file whose pickle would
 run code is refused. Nothing is ever loaded partially: shapes and key sets are checked first.
+Model building lives in :mod:`locloc.models.builder`, the model-directory format in
+:mod:`locloc.models.model_dir`; this module imports neither (no import circle).
 """
 
 from __future__ import annotations
@@ -12,48 +14,37 @@ import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from ..data.transforms import resize_for
 from ..errors import CheckpointError
-from ..fileio import atomic_save, write_json
-from .backbone import FrozenViT, build_backbone
-from .classifier import LFDMClassifier
-from .generator import GENERATORS, DeconvGenerator, UNetGenerator
+from ..fileio import atomic_save
 from .layouts import POS_EMBED_RULES, detect_layout, resample_pos_embed, to_timm
-from .pipeline import LocLocModel
+
+if TYPE_CHECKING:
+    from .backbone import FrozenViT
 
 __all__ = [
-    "CONFIG_KEYS",
+    "BACKBONE_SOURCES",
     "SOURCES",
-    "build_from_reference",
+    "CheckpointFile",
     "describe_state_dict",
     "detect_kind",
+    "fit_to_vit",
     "load_backbone_weights",
-    "load_model_dir",
     "load_state_dict_file",
     "load_strict",
     "read_checkpoint",
-    "save_backbone_file",
     "remap_state_dict",
-    "save_model_dir",
+    "save_backbone_file",
 ]
 
 BACKBONE_SOURCES = ("deit", "timm", "dino", "dinov2", "hf")
 SOURCES = (*BACKBONE_SOURCES, "reference_classifier", "reference_unet", "reference_deconv", "locloc")
 _WRAPPERS = ("state_dict", "model", "module", "teacher", "model_ema", "state_dict_ema")
 _PREFIXES = ("module.", "_orig_mod.")
-MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-FORMAT = "locloc-model"
-FORMAT_VERSION = 1
-CONFIG_KEYS = frozenset({
-    "format", "version", "backbone", "generator", "classifier", "class_names",
-    "normalization", "input", "thresholds", "source",
-})
 _SHOW = 5
 
 
@@ -242,7 +233,7 @@ def remap_state_dict(
             sd = to_timm(sd, layout)
         except KeyError as e:
             raise CheckpointError(f"unknown key {e.args[0]!r} for a {layout} backbone layout") from None
-        if isinstance(model, FrozenViT):
+        if hasattr(model, "vit"):  # a FrozenViT: fit the timm keys to its ViT
             sd = fit_to_vit(sd, model.vit, rule or POS_EMBED_RULES[layout])
         return sd
     return dict(sd)
@@ -347,202 +338,3 @@ def save_backbone_file(sd: dict[str, Tensor], out: str | Path, timm_name: str, s
     tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in sd.items()}
     meta = {"timm_name": timm_name, "locloc.pos_embed_rule": rule, "locloc.source": source}
     atomic_save(Path(out), lambda tmp: save_file(tensors, tmp, metadata=meta))
-
-
-# -------------------------------------------------------------------- reference release
-
-
-def _classifier_from_state_dict(sd: dict[str, Tensor], backbone: FrozenViT, path: Path) -> LFDMClassifier:
-    w = sd.get("classifier.0.weight")
-    fc1 = sd.get("blocks_mini.0.mlp.fc1.weight")
-    norm = sd.get("norm_mini.weight")
-    if w is None or fc1 is None or norm is None:
-        raise CheckpointError(f"{path}: not an LFDM classifier checkpoint: the file looks like {describe_state_dict(sd)}")
-    depth = len({k.split(".")[1] for k in sd if k.startswith("blocks_mini.")})
-    dim = int(norm.shape[0])
-    if dim != backbone.embed_dim:
-        raise CheckpointError(
-            f"{path}: classifier width {dim} does not match the backbone's {backbone.embed_dim} "
-            f"({backbone.name}); pass the matching --backbone"
-        )
-    return LFDMClassifier(
-        num_classes=int(w.shape[0]), embed_dim=dim, depth=depth, num_heads=backbone.num_heads,
-        mlp_ratio=fc1.shape[0] / dim, grid_size=backbone.grid_size,
-        num_prefix_tokens=backbone.num_prefix_tokens, qkv_bias="blocks_mini.0.attn.qkv.bias" in sd,
-    )
-
-
-def _generator_from_state_dict(sd: dict[str, Tensor], kind: str, path: Path) -> nn.Module:
-    if kind == "unet":
-        return UNetGenerator(
-            in_channels=int(sd["att_layer4.down_1.1.UConv.0.weight"].shape[1]),
-            mid_channels=int(sd["att_layer4.up_3.conv.UConv.0.weight"].shape[0]),
-            head_channels=int(sd["up1.weight"].shape[1]),
-            c_base=int(sd["att_layer4.down_1.1.UConv.0.weight"].shape[0]) // 2,
-        )
-    if kind == "deconv":
-        return DeconvGenerator(
-            in_channels=int(sd["conv0.weight"].shape[1]),
-            hidden_channels=int(sd["conv0.weight"].shape[0]),
-            deconv_channels=int(sd["final_layer.weight"].shape[1]),
-        )
-    raise CheckpointError(f"{path}: not a generator checkpoint: the file looks like {describe_state_dict(sd)}")
-
-
-def build_from_reference(
-    backbone_path: str | Path,
-    classifier_path: str | Path | None,
-    locator_path: str | Path,
-    backbone_name: str = "deit_small_patch16_224",
-    generator: str = "auto",
-    backbone_kwargs: dict[str, Any] | None = None,
-) -> LocLocModel:
-    """Assemble a :class:`LocLocModel` from the reference release's three files.
-
-    The class count comes from the classifier file (``classifier.0.weight.shape[0]``; the
-    reference CUB files hold 1000). ``generator`` is ``unet`` | ``deconv`` | ``auto`` (from
-    the keys). ``classifier_path=None`` gives a localization-only model. ``backbone_kwargs``
-    go to ``timm.create_model`` (e.g. ``img_size``).
-    """
-    backbone = build_backbone(backbone_name, backbone_path, **(backbone_kwargs or {}))
-    classifier = None
-    if classifier_path is not None:
-        cpath = Path(classifier_path)
-        csd = remap_state_dict(load_state_dict_file(cpath), "reference_classifier")
-        classifier = _classifier_from_state_dict(csd, backbone, cpath)
-        load_strict(classifier, csd, "LFDM classifier", cpath)
-    gpath = Path(locator_path)
-    gsd = load_state_dict_file(gpath)
-    kind = detect_kind(gsd)
-    if kind not in ("unet", "deconv"):
-        raise CheckpointError(f"{gpath}: not a generator checkpoint: the file looks like {describe_state_dict(gsd)}")
-    if generator not in ("auto", kind):
-        raise CheckpointError(f"{gpath}: --generator {generator} given, but the file looks like {describe_state_dict(gsd)}")
-    gsd = remap_state_dict(gsd, f"reference_{kind}")
-    gen = _generator_from_state_dict(gsd, kind, gpath)
-    if gen.config["in_channels"] != backbone.embed_dim:
-        raise CheckpointError(
-            f"{gpath}: generator takes {gen.config['in_channels']} channels, the backbone gives {backbone.embed_dim}"
-        )
-    load_strict(gen, gsd, f"{kind} generator", gpath)
-    return LocLocModel(backbone, classifier, gen).eval()
-
-
-# --------------------------------------------------------------------- model directories
-
-
-def _generator_type(gen: nn.Module) -> str:
-    for name, cls in GENERATORS.items():
-        if type(gen) is cls:
-            return name
-    raise TypeError(f"cannot save generator of type {type(gen).__name__}: not one of {sorted(GENERATORS)}")
-
-
-def model_config(model: LocLocModel, config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The full ``config.json`` for ``model``: architecture from the model, the rest from
-    ``config`` (``class_names``, ``normalization``, ``input``, ``thresholds``, ``source``)
-    with defaults filled in."""
-    config = dict(config or {})
-    unknown = sorted(set(config) - CONFIG_KEYS)
-    if unknown:
-        raise ValueError(f"unknown model config keys {unknown}; allowed: {sorted(CONFIG_KEYS)}")
-    bb = model.backbone
-    dc = bb.data_config
-    crop = int(dc["input_size"][-1])
-    n = model.num_classes
-    names = list(config.get("class_names") or [f"class_{i}" for i in range(n or 0)])
-    if n is not None and len(names) != n:
-        raise ValueError(f"{len(names)} class names for a classifier with {n} outputs")
-    out = {
-        "format": FORMAT,
-        "version": FORMAT_VERSION,
-        "backbone": {"name": bb.name, "timm_kwargs": bb.timm_kwargs},
-        "generator": {"type": _generator_type(model.generator), "kwargs": model.generator.config},
-        "classifier": model.classifier.config if model.classifier is not None else None,
-        "class_names": names,
-        "normalization": config.get("normalization")
-        or {"mean": [float(v) for v in dc["mean"]], "std": [float(v) for v in dc["std"]]},
-        # the method's eval protocol (resize 256, centre crop 224), scaled to the model's input
-        "input": config.get("input") or {"resize": resize_for(crop), "crop": crop},
-        "thresholds": config.get("thresholds") or {"default": 0.5, "sweep": [0.5]},
-    }
-    if "source" in config:
-        out["source"] = config["source"]
-    json.dumps(out)  # fail here, not half-way through writing, if something is not JSON
-    return out
-
-
-def save_model_dir(directory: str | Path, model: LocLocModel, config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write ``model.safetensors`` (all weights, backbone included) and ``config.json`` into
-    ``directory``, each atomically. Returns the full config written."""
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    full = model_config(model, config)
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    atomic_save(directory / MODEL_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    write_json(directory / CONFIG_FILE, full)
-    return full
-
-
-def _read_config(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: model config not found (a model directory holds {CONFIG_FILE} and {MODEL_FILE})")
-    try:
-        cfg = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        line = getattr(e, "lineno", None)
-        where = f"{path}:{line}" if line else str(path)
-        raise CheckpointError(f"{where}: model config is not valid JSON ({e})") from None
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{path}: model config must be a JSON object")
-    unknown = sorted(set(cfg) - CONFIG_KEYS)
-    if unknown:
-        raise CheckpointError(f"{path}: unknown model config keys {unknown}; allowed: {sorted(CONFIG_KEYS)}")
-    if cfg.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a LocLoc model config (format is {cfg.get('format')!r}, expected {FORMAT!r})")
-    if cfg.get("version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: model config version {cfg.get('version')!r} is not supported (expected {FORMAT_VERSION})")
-    for key in ("backbone", "generator"):
-        if not isinstance(cfg.get(key), dict):
-            raise CheckpointError(f"{path}: model config lacks the {key!r} section")
-    return cfg
-
-
-def build_model_from_config(cfg: dict[str, Any], where: str | Path = CONFIG_FILE) -> LocLocModel:
-    """Build an (untrained) :class:`LocLocModel` from a model config's architecture sections."""
-    try:
-        bcfg, gcfg = cfg["backbone"], cfg["generator"]
-        backbone = build_backbone(bcfg["name"], None, **bcfg.get("timm_kwargs", {}))
-        ccfg = cfg.get("classifier")
-        classifier = LFDMClassifier(**ccfg) if ccfg else None
-        gkw = dict(gcfg.get("kwargs", {}))
-        gkw.pop("in_channels", None)
-        if gcfg["type"] not in GENERATORS:
-            raise ValueError(f"unknown generator type {gcfg['type']!r}; choose one of {sorted(GENERATORS)}")
-        generator = GENERATORS[gcfg["type"]](in_channels=backbone.embed_dim, **gkw)
-    except CheckpointError:
-        raise
-    except Exception as e:  # a bad architecture section: say where, not a traceback
-        raise CheckpointError(f"{where}: cannot build the model from the config ({type(e).__name__}: {e})") from None
-    return LocLocModel(backbone, classifier, generator)
-
-
-def load_model_dir(directory: str | Path, device: str | torch.device = "cpu") -> tuple[LocLocModel, dict[str, Any]]:
-    """Rebuild a model saved by :func:`save_model_dir`; weights are loaded strictly.
-
-    Returns ``(model in eval mode on device, config dict)``.
-    """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise CheckpointError(f"{directory}: model directory not found")
-    cfg_path = directory / CONFIG_FILE
-    cfg = _read_config(cfg_path)
-    model = build_model_from_config(cfg, cfg_path)
-    weights = directory / MODEL_FILE
-    sd = load_state_dict_file(weights)
-    load_strict(model, sd, "LocLoc model", weights)
-    names = cfg.get("class_names")
-    if model.num_classes is not None and names is not None and len(names) != model.num_classes:
-        raise CheckpointError(f"{cfg_path}: {len(names)} class names for a classifier with {model.num_classes} outputs")
-    return model.to(device).eval(), cfg
