@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 INSTALL_HINT = "install the extra: pip install 'locloc[app]'"
 MIN_SIDE = 8  # px; smaller uploads are refused (nothing to localize in a 1x1 image)
-DISPLAY_SIDE = 768  # longest side of the overlays shown in the page
+DISPLAY_SIDE = 640  # longest side of the overlays shown in the page
 CHUNK = 4  # images per network call at most ...
 PIXEL_BUDGET = 40_000_000  # ... and fewer when large: bounds the memory of full-size heat maps
 TABLE_HEADERS = ["image", "class", "score", "x0", "y0", "x1", "y1", "width", "height"]
@@ -58,8 +58,10 @@ class Result:
     base: np.ndarray
 
     @property
-    def scale(self) -> float:
-        return self.base.shape[1] / self.pred.image_size[0]
+    def scale(self) -> tuple[float, float]:
+        """(x, y) factors from original to display pixels."""
+        (w, h), (dh, dw) = self.pred.image_size, self.base.shape[:2]
+        return dw / w, dh / h
 
 
 def box_at(result: Result, threshold: float) -> list[float]:
@@ -102,14 +104,16 @@ def load_upload(path: str | Path) -> Image.Image:
 
 
 def _display(im: Image.Image, heatmap: np.ndarray) -> np.ndarray:
-    """The image with its heat map blended in, longest side at most ``DISPLAY_SIDE``."""
+    """The image with its heat map blended in, longest side ``DISPLAY_SIDE`` (small images are
+    enlarged too, so that their box reads on screen)."""
     from .viz import overlay
 
     w, h = im.size
-    s = min(1.0, DISPLAY_SIDE / max(w, h))
+    s = DISPLAY_SIDE / max(w, h)
     dw, dh = max(1, round(w * s)), max(1, round(h * s))
-    small = np.asarray(im.resize((dw, dh), Image.BILINEAR) if s < 1 else im)
-    hm = cv2.resize(heatmap, (dw, dh), interpolation=cv2.INTER_AREA) if s < 1 else heatmap
+    interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+    small = cv2.resize(np.asarray(im), (dw, dh), interpolation=interp)
+    hm = cv2.resize(heatmap, (dw, dh), interpolation=interp)
     return overlay(small, hm)
 
 
@@ -188,8 +192,9 @@ def render(results: Sequence[Result], preds: Sequence["Prediction"]) -> tuple[li
 
     items, rows = [], []
     for r, p in zip(results, preds):
-        s = r.scale
-        shown = overlay(r.base, None, [[v * s for v in p.box]])
+        sx, sy = r.scale
+        x0, y0, x1, y1 = p.box
+        shown = overlay(r.base, None, [[x0 * sx, y0 * sy, x1 * sx, y1 * sy]])
         cap = r.name if p.class_name is None else f"{r.name}: {p.class_name} ({p.score:.2f})"
         items.append((shown, cap))
         rows.append([r.name, p.class_name or "", None if p.score is None else round(p.score, 4),
@@ -248,10 +253,11 @@ def title_of(model: "LocLoc") -> str:
 def build_app(model: "LocLoc", examples: Sequence[str | Path] = ()) -> "gradio.Blocks":
     """The page: uploads, threshold slider, gallery, top-5, box table, downloads.
 
-    ``examples`` (image paths) are predicted when the page opens. API (for
-    ``gradio_client``): ``/predict`` (files, threshold) and ``/rebox`` (threshold; the
-    session's cached heat maps). Handlers return plain values, not component updates, so
-    that clients receive the data and files themselves.
+    ``examples`` (image paths) are predicted once, here, and are the page's initial result
+    (every visitor sees them; the slider works on them). API (for ``gradio_client``):
+    ``/predict`` (files, threshold) and ``/rebox`` (threshold; the session's cached heat
+    maps). Handlers return plain values, not component updates, so that clients receive the
+    data and files themselves.
     """
     try:
         import gradio as gr
@@ -260,8 +266,8 @@ def build_app(model: "LocLoc", examples: Sequence[str | Path] = ()) -> "gradio.B
 
     tmp = tempfile.TemporaryDirectory(prefix="locloc_app_")
     counter = iter(range(1 << 62))
-    examples = [str(p) for p in examples]
     title = title_of(model)
+    thr0 = round(model.threshold, 2)
 
     def downloads(preds: list) -> tuple[str | None, str | None, str | None]:
         if not preds:
@@ -275,18 +281,16 @@ def build_app(model: "LocLoc", examples: Sequence[str | Path] = ()) -> "gradio.B
     def predict(files: list | None, threshold: float, progress=gr.Progress()):  # noqa: B008
         t0 = time.perf_counter()
         paths = [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in (files or [])]
-        results, errors = predict_files(model, paths, lambda f, d: progress(f, desc=d))
+        results, errors = predict_files(model, paths, None if progress is None else lambda f, d: progress(f, desc=d))
         for e in errors:
-            gr.Warning(e)
+            if progress is not None:  # inside a page event (not building the examples)
+                gr.Warning(e)
         preds = predictions_at(results, threshold)
         items, rows = render(results, preds)
         coco, jsonl, coco_err = downloads(preds)
         first = results[0] if results else None
         status = _status(results, errors, time.perf_counter() - t0, coco_err)
         return results, items, heading(first), top5_of(first), rows, status, coco, jsonl
-
-    def predict_examples(threshold: float, progress=gr.Progress()):  # noqa: B008
-        return predict(examples, threshold, progress)
 
     def rebox(results: list, threshold: float):
         preds = predictions_at(results, threshold)
@@ -302,6 +306,7 @@ def build_app(model: "LocLoc", examples: Sequence[str | Path] = ()) -> "gradio.B
     def clear():
         return [], [], heading(None), {}, [], "No images yet.", None, None
 
+    init = predict([str(p) for p in examples], thr0, None) if examples else clear()
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as app:
         gr.Markdown(
             f"# {title}\n"
@@ -309,25 +314,25 @@ def build_app(model: "LocLoc", examples: Sequence[str | Path] = ()) -> "gradio.B
             "predicted box, and its top-5 classes. The box threshold slider redraws the boxes from "
             "the cached heat maps, without rerunning the network."
         )
-        state = gr.State([])
+        state = gr.State(init[0])
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
                 files = gr.File(label="Images (drop one or many)", file_count="multiple")
                 thr = gr.Slider(
-                    0.0, 0.99, value=round(model.threshold, 2), step=0.01, label="Box threshold",
+                    0.0, 0.99, value=thr0, step=0.01, label="Box threshold",
                     info=f"part of the heat map's peak a pixel must exceed to be in the box "
                     f"(model default {model.threshold:g})",
                 )
-                status = gr.Markdown("No images yet.")
-                coco_btn = gr.DownloadButton("Download boxes: COCO JSON")
-                jsonl_btn = gr.DownloadButton("Download boxes: JSON lines")
-                top5_head = gr.Markdown(heading(None))
-                top5 = gr.Label(show_label=False, num_top_classes=5)
+                status = gr.Markdown(init[5])
+                coco_btn = gr.DownloadButton("Download boxes: COCO JSON", value=init[6])
+                jsonl_btn = gr.DownloadButton("Download boxes: JSON lines", value=init[7])
+                top5_head = gr.Markdown(init[2])
+                top5 = gr.Label(init[3], show_label=False, num_top_classes=5)
             with gr.Column(scale=3):
-                gallery = gr.Gallery(label="Heat map and box (click an image for its top-5)", columns=3,
-                                     height=560, object_fit="contain", allow_preview=True)
-                table = gr.Dataframe(headers=TABLE_HEADERS, label="Boxes: x0 y0 x1 y1 in original-image pixels",
-                                     interactive=False, wrap=True)
+                gallery = gr.Gallery(init[1], label="Heat map and box (click an image for its top-5)", columns=4,
+                                     height="auto", object_fit="contain", allow_preview=True)
+                table = gr.Dataframe(init[4] or None, headers=TABLE_HEADERS, interactive=False, wrap=True,
+                                     label="Boxes: x0 y0 x1 y1 in original-image pixels")
 
         outs = [state, gallery, top5_head, top5, table, status, coco_btn, jsonl_btn]
         files.upload(predict, inputs=[files, thr], outputs=outs, api_name="predict")
@@ -335,7 +340,5 @@ def build_app(model: "LocLoc", examples: Sequence[str | Path] = ()) -> "gradio.B
         thr.change(rebox, inputs=[state, thr], outputs=[gallery, table, coco_btn, jsonl_btn],
                    api_name="rebox", trigger_mode="always_last", show_progress="hidden")
         gallery.select(select, inputs=[state], outputs=[top5_head, top5], api_visibility="private")
-        if examples:
-            app.load(predict_examples, inputs=[thr], outputs=outs, api_visibility="private")
     app._locloc_tmp = tmp  # the download files live as long as the app
     return app

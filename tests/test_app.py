@@ -162,3 +162,20 @@ def test_without_gradio_says_which_extra(model_dir, monkeypatch, capsys):
     rc = main(["app", "--model-dir", str(model_dir), "--port", str(_free_port())])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err == ["locloc app: error: install the extra: pip install 'locloc[app]'"]
+
+
+def test_examples_are_the_initial_result_and_rebox(model_dir, photo):
+    pytest.importorskip("gradio_client")
+    from locloc.webapp import build_app
+
+    model = LocLoc.from_pretrained(model_dir, device="cpu")
+    app = build_app(model, examples=[photo])
+    port = _free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:  # a fresh session starts from the examples: the slider works on them at once
+        gallery, table, coco, jsonl = _client(f"http://127.0.0.1:{port}/").predict(0.3, api_name="/rebox")
+    finally:
+        app.close()
+    expected = [float(v) for v in box_from_map(to_uint8(model.predict(photo).heatmap), 0.3)]
+    assert [r[0] for r in table["data"]] == ["photo.png"] and table["data"][0][3:7] == expected
+    assert json.load(open(coco))["images"][0]["file_name"] == "photo.png"
