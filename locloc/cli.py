@@ -33,14 +33,8 @@ COMMANDS = (
 
 
 def _load_commands() -> list:
-    mods = []
-    for name in COMMANDS:
-        try:
-            mods.append(importlib.import_module(f"locloc.commands.{name}"))
-        except ModuleNotFoundError as e:
-            if e.name != f"locloc.commands.{name}":
-                raise
-    return mods
+    """Import every command module (a missing one is a packaging bug: it raises)."""
+    return [importlib.import_module(f"locloc.commands.{name}") for name in COMMANDS]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from .data import load_dataset
 from .data.records import Sample, heldout_split
 from .fileio import write_json
 from .models.embedded import EMBEDDED_BACKBONE
+
+if TYPE_CHECKING:
+    from .masks.store import MaskStore
 
 THRESHOLDS = tuple(round(float(t), 2) for t in np.arange(0.05, 0.96, 0.05))
 
@@ -258,15 +261,14 @@ def _centre_boxes(fractions: Sequence[float], crop: int) -> list[np.ndarray]:
     return out
 
 
-def _infer(model_dir: Path, samples: Sequence[Sample], store: Any, device: str | None, progress: bool) -> dict:
+def _infer(model_dir: Path, samples: Sequence[Sample], store: MaskStore, device: str | None, progress: bool) -> dict:
     """One pass: logits, generator maps, CLS attention, GrabCut masks (in crop geometry)."""
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
     from .api import default_device
-    from .data.datasets import WSOLDataset, collate_wsol
+    from .data.datasets import WSOLDataset, collate_wsol, nan_padded_to_list
     from .data.transforms import eval_transform_for
-    from .engine.train_generator import nan_padded_to_list
     from .models.model_dir import load_model_dir
 
     dev = torch.device(device) if device else default_device()
@@ -305,20 +307,18 @@ def _sweep(maps: np.ndarray, gts: list, logits: torch.Tensor, labels: np.ndarray
 
 
 def _fixed_boxes_metrics(boxes: np.ndarray, gts: list, logits: torch.Tensor, labels: np.ndarray) -> dict:
-    from .metrics import box_iou
+    from .metrics import box_iou, topk_hits
 
     ious = np.array([box_iou(b[None], g).max() if len(g) else 0.0 for b, g in zip(boxes, gts)])
-    top = logits.topk(min(5, logits.shape[1]), 1).indices.numpy()
     ok = ious >= 0.5
-    t1 = top[:, 0] == labels
-    t5 = (top == labels[:, None]).any(1)
+    t1, t5 = topk_hits(logits, labels)
     n = len(ious)
     return {"gt_known_loc": 100.0 * ok.sum() / n, "top1_loc": 100.0 * (ok & t1).sum() / n,
             "top5_loc": 100.0 * (ok & t5).sum() / n}
 
 
 def evaluate_with_baselines(
-    model_dir: Path, heldout: Sequence[Sample], test: Sequence[Sample], store: Any,
+    model_dir: Path, heldout: Sequence[Sample], test: Sequence[Sample], store: MaskStore,
     thresholds: Sequence[float], device: str | None = None, progress: bool = True,
 ) -> dict[str, Any]:
     """Metrics (the ``locloc evaluate`` schema) of the model and the baselines on ``test``,

@@ -75,6 +75,8 @@ __all__ = [
     "PxAPAccumulator",
     "choose_threshold",
     "heldout_protocol",
+    "topk_classes",
+    "topk_hits",
 ]
 
 
@@ -465,22 +467,26 @@ class _SweepRunner:
             pool.shutdown(wait=False)
 
 
-def _top5_hits(topk: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(top-1 correct, top-5 correct) from B x k class indices (k <= 5) or B x C logits."""
-    if hasattr(topk, "detach"):
-        topk = topk.detach().cpu()
-        idx = topk if not topk.is_floating_point() else topk.float().topk(min(5, topk.shape[1]), dim=1).indices
-        idx = idx.numpy()
-    else:
-        arr = np.asarray(topk)
-        if np.issubdtype(arr.dtype, np.integer) and arr.shape[1] <= 5:
-            idx = arr
-        else:
-            import torch
+def topk_classes(scores: Any, k: int = 5) -> np.ndarray:
+    """``B x min(k, C)`` int64 class indices, best first, from ``B x C`` scores (torch or
+    numpy); integer input of at most ``k`` columns is taken as indices already."""
+    import torch
 
-            t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
-            idx = t.topk(min(5, t.shape[1]), dim=1).indices.numpy()
-    idx = np.asarray(idx, dtype=np.int64)[:, :5]
+    if hasattr(scores, "detach"):
+        t = scores.detach().cpu()
+        if not t.is_floating_point():
+            return t.numpy().astype(np.int64)[:, :k]
+    else:
+        arr = np.asarray(scores)
+        if np.issubdtype(arr.dtype, np.integer) and arr.shape[1] <= k:
+            return arr.astype(np.int64)
+        t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    return t.float().topk(min(k, t.shape[1]), dim=1).indices.numpy().astype(np.int64)
+
+
+def topk_hits(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(top-1 correct, top-5 correct) per image from ``B x C`` scores or ``B x k`` indices."""
+    idx = topk_classes(scores, 5)
     lab = np.asarray(labels.detach().cpu() if hasattr(labels, "detach") else labels, dtype=np.int64).reshape(-1)
     if len(idx) != len(lab):
         raise ValueError(f"got {len(idx)} predictions for {len(lab)} labels")
@@ -570,7 +576,7 @@ class LocalizationAccumulator(_SweepRunner):
         if has_cls:
             if labels is None:
                 raise ValueError("labels are required with topk")
-            t1, t5 = _top5_hits(topk, labels)
+            t1, t5 = topk_hits(topk, labels)
             if len(t1) != n:
                 raise ValueError(f"got {len(t1)} predictions for {n} maps")
             self._top1.append(t1)

@@ -17,7 +17,7 @@ from locloc.data.synthetic import (
     class_names,
     class_spec,
     make_synthetic,
-    mask_box,
+    mask_box_xywh,
     render,
 )
 from locloc.errors import DataError
@@ -44,7 +44,7 @@ def test_masks_match_boxes(synthetic_root: Path) -> None:
         assert img.mode == "RGB" and img.size == (96, 96)
         m = np.asarray(Image.open(s.mask_path))
         assert m.shape == (96, 96) and set(np.unique(m)) == {0, 255}
-        x, y, w, h = mask_box(m)
+        x, y, w, h = mask_box_xywh(m)
         np.testing.assert_array_equal(s.boxes, [[x, y, x + w, y + h]])
         # The object is neither tiny nor the whole image.
         side = max(w, h) / 96

@@ -66,6 +66,12 @@ def collate_wsol(batch: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
     }
 
 
+def nan_padded_to_list(boxes: torch.Tensor) -> list[np.ndarray]:
+    """The ``boxes`` of :func:`collate_wsol` (``B x Kmax x 4``, NaN rows as padding) -> a
+    list of ``(K, 4)`` float64 arrays, one per image."""
+    return [b[~np.isnan(b).any(axis=1)] for b in boxes.cpu().numpy().astype(np.float64)]
+
+
 def _read_error(sample: Sample) -> str | None:
     try:
         open_image(sample.path)

@@ -292,7 +292,7 @@ def render(
     return np.clip(np.rint(img), 0, 255).astype(np.uint8), mask
 
 
-def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+def mask_box_xywh(mask: np.ndarray) -> tuple[int, int, int, int]:
     """Tight box of a binary mask as CUB ``x, y, w, h`` (exclusive far edge: ``x + w``)."""
     ys, xs = np.nonzero(mask)
     x0, y0 = int(xs.min()), int(ys.min())
@@ -407,7 +407,7 @@ def _write(
                 (root / "images" / rel).write_bytes(_png(img))
                 (root / "segmentations" / rel).write_bytes(_png(mask * 255))
                 image_id += 1
-                x, y, w, h = mask_box(mask)
+                x, y, w, h = mask_box_xywh(mask)
                 rows["images"].append(f"{image_id} {rel}")
                 rows["labels"].append(f"{image_id} {k + 1}")
                 rows["split"].append(f"{image_id} {int(is_train)}")

@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..data.datasets import WSOLDataset, collate_wsol
+from ..data.datasets import WSOLDataset, collate_wsol, nan_padded_to_list
 from ..data.records import Sample
 from ..data.transforms import EvalTransform, eval_transform_for
 from ..errors import ConfigError, DataError
 from ..fileio import atomic_write, write_json
-from ..metrics import LocalizationAccumulator, MaxBoxAccV2Accumulator
+from ..metrics import LocalizationAccumulator, MaxBoxAccV2Accumulator, topk_classes
 from ..models.pipeline import LocLocModel
 from .config import EvalConfig, save_config
 
@@ -48,15 +48,6 @@ class EvalResult:
 
     metrics: dict[str, Any]
     rows: list[dict[str, Any]]
-
-
-def _gt_list(boxes: torch.Tensor, first_box_only: bool) -> list[np.ndarray]:
-    """(B, Kmax, 4) NaN-padded → list of (K, 4) float64 arrays."""
-    out = []
-    for b in boxes.numpy():
-        b = b[~np.isnan(b).any(axis=1)]
-        out.append(b[:1] if first_box_only else b)
-    return out
 
 
 def evaluate_samples(
@@ -129,11 +120,12 @@ def evaluate_samples(
                 maps = out["maps"].float()[:, 0]
                 top5 = None
                 if has_classifier:
-                    k = min(5, out["logits"].shape[1])
-                    top5 = out["logits"].float().topk(k, dim=1).indices.cpu().numpy()
+                    top5 = topk_classes(out["logits"], 5)
                 maps_np = maps.cpu().numpy()
                 labels = batch["label"].numpy()
-                gts = _gt_list(batch["boxes"], first_box_only)
+                gts = nan_padded_to_list(batch["boxes"])
+                if first_box_only:
+                    gts = [g[:1] for g in gts]
                 if pending is not None:
                     pending.result()
                 pending = pool.submit(consume, maps_np, top5, labels, gts)

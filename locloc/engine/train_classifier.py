@@ -27,11 +27,14 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..data.records import Sample
 from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_save, write_json
+from ..metrics import topk_hits
+from ..models.backbone import FrozenViT
 from .config import ClassifierTrainConfig
 from .distributed import DistInfo, all_reduce_sum, weighted_mean
-from .train_generator import StageSetup, _workers, eval_loader, prepare_stage
+from .stage import MaskSource, StageSetup, eval_loader, loader_workers, prepare_stage
 from .trainer import EpochHook, Trainer, find_resume
 
 CLASSIFIER_FILE = "classifier.safetensors"
@@ -73,7 +76,7 @@ class LocalGuideSet(Dataset):
     """Training items ``{"image": 3 x crop x crop, "label": int}``: masked + local guide, then
     ``transform`` (a timm training transform)."""
 
-    def __init__(self, samples: Sequence[Any], store: Any, transform: Callable, size: int = 256,
+    def __init__(self, samples: Sequence[Sample], store: MaskSource, transform: Callable, size: int = 256,
                  threshold: float = 0.05, guide: bool = True, beta: float = 1.0) -> None:
         self.samples = list(samples)
         self.store, self.transform = store, transform
@@ -91,7 +94,7 @@ class LocalGuideSet(Dataset):
         return {"image": self.transform(img), "label": int(s.label)}
 
 
-def build_classifier(backbone: Any, num_classes: int, depth: int | None = None) -> nn.Module:
+def build_classifier(backbone: FrozenViT, num_classes: int, depth: int | None = None) -> nn.Module:
     """An LFDM classifier sized like ``backbone`` (heads, width, MLP ratio, grid, layer scale)
     with its first ``depth`` blocks (default: all) and its norm copied from the backbone's."""
     from ..models.classifier import LFDMClassifier
@@ -116,7 +119,7 @@ def build_classifier(backbone: Any, num_classes: int, depth: int | None = None) 
     return clf
 
 
-def make_cls_validator(setup: StageSetup, samples: Sequence[Any], batch_size: int,
+def make_cls_validator(setup: StageSetup, samples: Sequence[Sample], batch_size: int,
                        workers: int) -> Callable[[nn.Module], dict[str, float]]:
     """``validate(classifier) -> {"top1_cls", "top5_cls", "val_images"}`` (percent), sharded
     over processes and averaged weighted by image counts."""
@@ -128,11 +131,10 @@ def make_cls_validator(setup: StageSetup, samples: Sequence[Any], batch_size: in
         n = 0
         for batch in loader:
             logits = classifier(bb.embed(batch["image"].to(dev))).float().cpu()
-            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            lab = batch["label"].view(-1, 1)
-            hits[0] += (top[:, :1] == lab).any(1).sum()
-            hits[1] += (top == lab).any(1).sum()
-            n += len(lab)
+            t1, t5 = topk_hits(logits, batch["label"])
+            hits[0] += int(t1.sum())
+            hits[1] += int(t5.sum())
+            n += len(t1)
         rates = {"top1_cls": float(hits[0]) / n * 100 if n else 0.0, "top5_cls": float(hits[1]) / n * 100 if n else 0.0}
         out = weighted_mean(rates, float(n), dev)
         out["val_images"] = int(all_reduce_sum([float(n)], dev)[0])
@@ -142,7 +144,7 @@ def make_cls_validator(setup: StageSetup, samples: Sequence[Any], batch_size: in
 
 
 def save_classifier(run_dir: str | Path, classifier: nn.Module, class_names: Sequence[str],
-                    backbone: Any) -> None:
+                    backbone: FrozenViT) -> None:
     """Write ``classifier.safetensors`` and ``classifier.json`` (architecture, class names,
     backbone name/kwargs) into ``run_dir``, atomically."""
     from safetensors.torch import save_file
@@ -188,7 +190,7 @@ def merge_model_dir(generator_dir: str | Path, classifier_run: str | Path, out_d
     return Path(out_dir)
 
 
-def _check_same_backbone(generator_dir: Path, backbone: Any) -> None:
+def _check_same_backbone(generator_dir: Path, backbone: FrozenViT) -> None:
     from ..models.model_dir import load_model_dir
 
     gen_model, _ = load_model_dir(generator_dir)
@@ -262,7 +264,7 @@ def train_classifier(
         logits = model(tokens)
         return F.cross_entropy(logits.float(), batch["label"], label_smoothing=smoothing)
 
-    validate = make_cls_validator(setup, setup.val, cfg.batch_size, _workers(cfg)) if setup.val else None
+    validate = make_cls_validator(setup, setup.val, cfg.batch_size, loader_workers(cfg)) if setup.val else None
     trainer = Trainer(classifier, train_set, step, cfg, out, validate_fn=validate, metric="top1_cls",
                       dist=d, on_epoch_end=on_epoch_end, log=log, progress=progress)
     summary = trainer.fit(resume=ckpt)

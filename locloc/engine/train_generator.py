@@ -18,170 +18,23 @@ trainer's ``--generator-dir`` merges it with a trained classifier into the full 
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.transforms import resize_for
-from ..errors import ConfigError, DataError
-from .config import GeneratorTrainConfig, TrainConfig
-from .distributed import DistInfo, all_reduce_sum, init_distributed, weighted_mean
+from ..data.datasets import nan_padded_to_list
+from ..data.records import Sample
+from ..data.transforms import JointTrainTransform
+from ..errors import ConfigError
+from .config import GeneratorTrainConfig
+from .distributed import DistInfo, all_reduce_sum, weighted_mean
+from .stage import MaskSource, StageSetup, eval_loader, loader_workers, model_dir_config, prepare_stage
 from .trainer import EpochHook, Trainer, find_resume
-
-# --------------------------------------------------------------------------- shared stage set-up
-
-
-@dataclass
-class StageSetup:
-    """What both stage trainers need before the loop: data, backbone, sizes, splits."""
-
-    dist: DistInfo
-    dataset: Any  # locloc.data.records.DataSet
-    train: list
-    val: list
-    backbone: Any  # FrozenViT on dist.device
-    crop: int
-    resize: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    store: Any  # MaskStore / HDF5Store
-    skipped: list[str] = field(default_factory=list)  # unreadable images left out (skip_bad)
-    backbone_source: dict[str, str] = field(default_factory=dict)  # weights file and its SHA-256
-
-
-def _require(cfg: TrainConfig, *keys: str) -> None:
-    for k in keys:
-        if getattr(cfg, k) in (None, ""):
-            raise ConfigError(f"--{k.replace('_', '-')} is required (or set {k!r} in the --config file)")
-
-
-def check_masks(store: Any, samples: Sequence[Any], root: str | Path) -> None:
-    """:class:`DataError` if some training images have no mask (count and first path)."""
-    from ..masks.store import missing
-
-    gone = missing(store, [s.relpath for s in samples])
-    if gone:
-        first = store.path(gone[0]) if hasattr(store, "path") else gone[0]
-        raise DataError(
-            f"{root}: {len(gone)} of {len(samples)} training images have no mask (first: {first}); "
-            "run `locloc masks` for this data set or point --masks at its mask store"
-        )
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr)
-
-
-def prepare_stage(cfg: TrainConfig, dist: DistInfo | None = None, log: Callable[[str], None] | None = None) -> StageSetup:
-    """Load the data set, the mask store and the frozen backbone; resolve sizes and splits."""
-    from ..data import load_dataset
-    from ..data.records import heldout_split
-    from ..masks.store import open_store
-    from ..models.backbone import build_backbone
-
-    _require(cfg, "data_path", "masks", "out")
-    dist = dist or init_distributed(cfg.device)
-    ds = load_dataset(cfg.data_path)
-    train = list(ds.split("train"))
-    val: list = []
-    if cfg.val_split == "heldout":
-        train, val = heldout_split(train, cfg.heldout_per_class, cfg.seed)
-    elif cfg.val_split == "test":
-        val = list(ds.split("test"))
-        if dist.is_main:
-            (log or _stderr)("val_split: test (the reference protocol): the best checkpoint and box threshold are chosen "
-                "on the test images, so test results are optimistic; val_split: heldout chooses them on "
-                "held-out training images")
-    skipped: list[str] = []
-    if cfg.skip_bad:
-        from ..data.datasets import check_images, skipped_message
-
-        train, bad_train = check_images(train, workers=max(1, _workers(cfg)))
-        val, bad_val = check_images(val, workers=max(1, _workers(cfg)))
-        skipped = bad_train + bad_val
-        if not train:
-            raise DataError(f"{cfg.data_path}: no readable training images ({skipped_message(skipped)})")
-    masks = Path(cfg.masks)
-    if not masks.exists():
-        raise DataError(f"{masks}: mask store not found; run `locloc masks --out {masks}` first")
-    store = open_store(masks)
-    check_masks(store, train, masks)
-    torch.manual_seed(cfg.seed)  # same random init of anything the backbone leaves random
-    backbone = build_backbone(cfg.backbone, cfg.weights, **cfg.backbone_kwargs).to(dist.device)
-    img = backbone.img_size[0]
-    crop = cfg.crop_size or img
-    if crop != img and not cfg.backbone_kwargs.get("dynamic_img_size"):
-        raise ConfigError(
-            f"crop size {crop} differs from the backbone's input size {img}; drop --crop-size or "
-            f'build the backbone for it (--backbone-kwargs \'{{"img_size": {crop}}}\')'
-        )
-    resize = cfg.resize_size or resize_for(crop)
-    if resize < crop:
-        raise ConfigError(f"resize size {resize} is smaller than the crop size {crop}")
-    dc = backbone.data_config
-    return StageSetup(
-        dist=dist, dataset=ds, train=train, val=val, backbone=backbone, crop=crop, resize=resize,
-        mean=tuple(float(v) for v in dc["mean"]), std=tuple(float(v) for v in dc["std"]), store=store,
-        skipped=skipped, backbone_source=backbone_source(cfg.weights),
-    )
-
-
-def backbone_source(weights: str | Path | None) -> dict[str, str]:
-    """What a model directory records of its backbone weights: the file (or hub name) and,
-    for a local file, its SHA-256."""
-    from ..models.embedded import file_sha256
-    from ..models.hub import resolve_weights
-
-    if weights is None:
-        return {}
-    src = {"backbone_weights": str(weights)}
-    path = resolve_weights(weights)  # a hub name: the cached file the backbone was built from
-    if path.is_file():
-        src["backbone_sha256"] = file_sha256(path)
-    return src
-
-
-def nan_padded_to_list(boxes: torch.Tensor) -> list[np.ndarray]:
-    """``B x Kmax x 4`` NaN-padded boxes -> list of ``(K, 4)`` float64 arrays."""
-    return [b[~np.isnan(b).any(axis=1)] for b in boxes.cpu().numpy()]
-
-
-def eval_loader(setup: StageSetup, samples: Sequence[Any], batch_size: int, workers: int) -> DataLoader:
-    """This process's share (``samples[rank::world]``) under the reference eval transform."""
-    from ..data.datasets import WSOLDataset, collate_wsol
-    from ..data.transforms import EvalTransform
-
-    d = setup.dist
-    shard = list(samples)[d.rank :: d.world_size]
-    tf = EvalTransform(resize=setup.resize, crop=setup.crop, mean=setup.mean, std=setup.std)
-    return DataLoader(WSOLDataset(shard, tf), batch_size=batch_size, shuffle=False, num_workers=workers,
-                      collate_fn=collate_wsol)
-
-
-def model_dir_config(setup: StageSetup, thresholds: dict[str, Any] | None = None) -> dict[str, Any]:
-    cfg: dict[str, Any] = {
-        "class_names": list(setup.dataset.classes),
-        "normalization": {"mean": list(setup.mean), "std": list(setup.std)},
-        "input": {"resize": setup.resize, "crop": setup.crop},
-    }
-    if thresholds:
-        cfg["thresholds"] = thresholds
-    if setup.backbone_source:
-        cfg["source"] = dict(setup.backbone_source)
-    return cfg
-
-
-def _workers(cfg: TrainConfig) -> int:
-    return 2 if cfg.workers is None else cfg.workers
-
 
 # --------------------------------------------------------------------------- targets and data
 
@@ -207,7 +60,7 @@ class MaskedTrainSet(Dataset):
     """Training items: ``{"image": 3 x crop x crop, "mask": 1 x crop x crop in [0, 1],
     "label": int}`` with one joint random resize/crop/flip for image and mask."""
 
-    def __init__(self, samples: Sequence[Any], store: Any, transform: Any) -> None:
+    def __init__(self, samples: Sequence[Sample], store: MaskSource, transform: JointTrainTransform) -> None:
         self.samples = list(samples)
         self.store = store
         self.transform = transform
@@ -293,7 +146,7 @@ def build_feature_cache(
 
 def make_loc_validator(
     setup: StageSetup,
-    samples: Sequence[Any],
+    samples: Sequence[Sample],
     thresholds: Sequence[float],
     batch_size: int,
     workers: int,
@@ -362,7 +215,7 @@ def train_generator(
         idx = list(range(d.rank, per * d.world_size, d.world_size))
         torch.manual_seed(cfg.seed + d.rank)
         train_set = build_feature_cache(bb, train_set, idx, cfg.cache_views, msize, cfg.mask_threshold,
-                                        cfg.batch_size, d.device, _workers(cfg), progress and d.is_main)
+                                        cfg.batch_size, d.device, loader_workers(cfg), progress and d.is_main)
         sharded = True
     threshold = cfg.mask_threshold
 
@@ -379,7 +232,7 @@ def train_generator(
 
     validate = None
     if setup.val:
-        validate = make_loc_validator(setup, setup.val, cfg.val_thresholds, cfg.batch_size, _workers(cfg))
+        validate = make_loc_validator(setup, setup.val, cfg.val_thresholds, cfg.batch_size, loader_workers(cfg))
     trainer = Trainer(generator, train_set, step, cfg, out, validate_fn=validate, metric="gt_known_loc",
                       dist=d, sharded=sharded, on_epoch_end=on_epoch_end, log=log, progress=progress)
     summary = trainer.fit(resume=ckpt)

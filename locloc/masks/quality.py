@@ -15,12 +15,14 @@ import cv2
 import numpy as np
 
 from ..fileio import write_json
+from ..metrics import box_iou as metrics_box_iou
 
 IOU_THRESHOLD = 0.5
 
 
 def mask_box(mask: np.ndarray) -> np.ndarray:
-    """``(4,)`` float64 ``x0, y0, x1, y1`` of the largest component; zeros when empty."""
+    """``(4,)`` float64 ``x0, y0, x1, y1`` of the mask's largest 8-connected component (the
+    box convention of every box in locloc); zeros when empty."""
     m = (np.asarray(mask) > 0).astype(np.uint8)
     if not m.any():
         return np.zeros(4, np.float64)
@@ -31,14 +33,9 @@ def mask_box(mask: np.ndarray) -> np.ndarray:
 
 
 def box_iou(box: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """IoU of one ``(4,)`` box with ``(K, 4)`` boxes (reference formula, no +1): ``(K,)``."""
-    b = np.asarray(box, np.float64)
-    g = np.asarray(gt, np.float64).reshape(-1, 4)
-    iw = np.clip(np.minimum(b[2], g[:, 2]) - np.maximum(b[0], g[:, 0]), 0, None)
-    ih = np.clip(np.minimum(b[3], g[:, 3]) - np.maximum(b[1], g[:, 1]), 0, None)
-    inter = iw * ih
-    union = (b[2] - b[0]) * (b[3] - b[1]) + (g[:, 2] - g[:, 0]) * (g[:, 3] - g[:, 1]) - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+    """IoU of one ``(4,)`` box with ``(K, 4)`` boxes (reference convention, no +1): ``(K,)``
+    (:func:`locloc.metrics.box_iou`, one row)."""
+    return metrics_box_iou(np.asarray(box, np.float64).reshape(1, 4), gt)[0]
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,12 @@ from ..errors import ConfigError
 from ..fileio import open_image
 from .grabcut import FALLBACK_REASONS, GrabCutMasker
 from .store import MaskStore
+
+if TYPE_CHECKING:  # annotations only: the GrabCut workers stay light
+    import torch
+
+    from ..data.records import Sample
+    from ..models.backbone import FrozenViT
 
 
 @dataclass
@@ -76,7 +82,7 @@ def resolve_shard(shard: tuple[int, int] | None) -> tuple[int, int]:
     return 0, 1
 
 
-def shard_samples(samples: Sequence[Any], shard: tuple[int, int]) -> list[Any]:
+def shard_samples(samples: Sequence[Sample], shard: tuple[int, int]) -> list[Sample]:
     """Shard ``i`` of ``n``: ``samples[i::n]`` (the shards partition the list)."""
     i, n = shard
     return list(samples[i::n])
@@ -87,7 +93,7 @@ def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[k : k + size]
 
 
-def load_backbone_batch(samples: Sequence[Any], backbone: Any) -> Any:
+def load_backbone_batch(samples: Sequence[Sample], backbone: FrozenViT) -> torch.Tensor:
     """Images resized (whole image, no crop, bilinear) to the backbone's input size and
     normalised with its ``data_config`` mean/std: ``B x 3 x H x W`` float32 tensor."""
     import torch
@@ -104,7 +110,7 @@ def load_backbone_batch(samples: Sequence[Any], backbone: Any) -> Any:
     return torch.from_numpy(out)
 
 
-def attention_grids(backbone: Any, images: Any, device: Any = "cpu") -> np.ndarray:
+def attention_grids(backbone: FrozenViT, images: torch.Tensor, device: str | torch.device = "cpu") -> np.ndarray:
     """CLS->patch attention (the backbone's ``attention_blocks``), heads averaged:
     ``B x gh x gw`` float32."""
     import torch
@@ -143,7 +149,7 @@ def _mask_many(tasks: list[tuple[str, str, np.ndarray]]) -> list[tuple[str, str 
 
 
 def _mask_loop(
-    todo: Sequence[Any], backbone: Any, out_store: MaskStore, masker: GrabCutMasker, stats: RunStats,
+    todo: Sequence[Sample], backbone: FrozenViT, out_store: MaskStore, masker: GrabCutMasker, stats: RunStats,
     batch_size: int, workers: int, device: Any, max_in_flight: int, bar: Any,
 ) -> None:
     """Attention on this process, GrabCut in ``workers`` spawned processes (or here when 0);
@@ -193,8 +199,8 @@ def _mask_loop(
 
 
 def mask_samples(
-    samples: Sequence[Any],
-    backbone: Any,
+    samples: Sequence[Sample],
+    backbone: FrozenViT,
     out_store: MaskStore,
     masker: GrabCutMasker,
     batch_size: int = 32,
