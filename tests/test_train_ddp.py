@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,12 +21,21 @@ def _env() -> dict[str, str]:
     return env
 
 
-def torchrun(nproc: int, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+# A rare abort of one Gloo worker process on this torch (seen once in a CI run, 0 in 11 reruns;
+# torch's own issue: Gloo threads outliving the interpreter, pytorch/pytorch#179291): the
+# run is retried once from scratch on exactly that signature, never on any other failure.
+GLOO_ABORT = "terminate called without an active exception"
+
+
+def torchrun(nproc: int, *args: str, out: Path, timeout: int = 120) -> subprocess.CompletedProcess:
     cmd = [PY, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--standalone",
            *args]
     if nproc == 1:
         cmd = [PY, *args]
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0 and GLOO_ABORT in r.stderr and "SIGABRT" in r.stderr:
+        shutil.rmtree(out, ignore_errors=True)
+        r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
@@ -34,8 +44,10 @@ def torchrun(nproc: int, *args: str, timeout: int = 120) -> subprocess.Completed
 def test_toy_ddp_matches_single_process(tmp_path):
     script = str(HERE / "_toy_train.py")
     # BN-free toy model, no augmentation or dropout: the only difference is the data split
-    torchrun(2, script, str(tmp_path / "ddp"), "2", "--batch", "4", "--no-augment", "--no-dropout")
-    torchrun(1, script, str(tmp_path / "one"), "2", "--batch", "8", "--no-augment", "--no-dropout")
+    torchrun(2, script, str(tmp_path / "ddp"), "2", "--batch", "4", "--no-augment", "--no-dropout",
+             out=tmp_path / "ddp")
+    torchrun(1, script, str(tmp_path / "one"), "2", "--batch", "8", "--no-augment", "--no-dropout",
+             out=tmp_path / "one")
     a = torch.load(tmp_path / "ddp" / "final.pt", weights_only=True)
     b = torch.load(tmp_path / "one" / "final.pt", weights_only=True)
     for k in a:
@@ -59,7 +71,7 @@ def test_stage_trainers_under_ddp(tmp_path, stage, extra):
 
     data, masks = make_tiny_data(tmp_path)
     out = tmp_path / stage
-    torchrun(2, str(HERE / "_toy_train.py"), "stage", stage, str(data), str(masks), str(out), *extra)
+    torchrun(2, str(HERE / "_toy_train.py"), "stage", stage, str(data), str(masks), str(out), *extra, out=out)
     a = torch.load(out / "final.pt", weights_only=True)
     b = torch.load(out / "final_rank1.pt", weights_only=True)
     assert a.keys() == b.keys()
