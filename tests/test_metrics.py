@@ -186,6 +186,30 @@ def test_fast_sweep_equals_naive_loop(seed, noise, grid):
         np.testing.assert_array_equal(sweep.counts[i, cols], [len(contour_boxes(m, t)) for t in THRESHOLDS])
 
 
+def test_fast_sweep_equals_naive_loop_with_many_contours():
+    """Pixel noise gives hundreds of contours per level: the all-at-once box/area path."""
+    from locloc.metrics.sweep import _FEW_CONTOURS
+
+    rng = np.random.default_rng(7)
+    maps = rng.random((5, 56, 56)).astype(np.float32)
+    grid = np.zeros((56, 56), np.float32)  # 100 equal squares: the first in OpenCV's order wins
+    for y in range(2, 52, 5):
+        for x in range(2, 52, 5):
+            grid[y : y + 3, x : x + 3] = 1.0
+    maps = np.concatenate([maps, grid[None]])
+    gts = random_boxes(len(maps), 7)
+    u8 = to_uint8(normalize_map(maps))
+    assert max(len(contour_boxes(m, 0.5)) for m in u8) > _FEW_CONTOURS
+    boxes = boxes_from_maps(maps, THRESHOLDS)
+    naive = np.stack([[box_from_map(m, t) for m in u8] for t in THRESHOLDS])
+    np.testing.assert_array_equal(boxes, naive)
+    sweep = sweep_maps(maps, THRESHOLDS, gts)
+    cols = sweep.columns(THRESHOLDS)
+    for i, m in enumerate(u8):
+        np.testing.assert_array_equal(sweep.v2_iou[i, cols], naive_v2_best_iou(m, gts[i], THRESHOLDS))
+        np.testing.assert_array_equal(sweep.counts[i, cols], [len(contour_boxes(m, t)) for t in THRESHOLDS])
+
+
 def test_duplicate_levels_and_unsorted_thresholds():
     maps = smooth_maps(3, 5)
     ts = [0.5, 0.45, 0.451, 0.5, 0.0]  # 0.45 and 0.451 share the level 114

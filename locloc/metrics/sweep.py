@@ -19,14 +19,41 @@ from .iou import box_iou, check_box_convention
 from .maps import DEFAULT_SIZE, EMPTY_BOX_REFERENCE, _as_maps, _size_hw, _u8_maps, threshold_level
 
 _CHUNK = 64  # maps per worker task
+_FEW_CONTOURS = 48  # below this, boxes and areas contour by contour (measured crossover)
 
 __all__ = ["BoxSweep", "boxes_from_maps", "sweep_boxes", "sweep_maps"]
 
 
+def _boxes_areas(contours: Sequence[np.ndarray], with_area: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Bounding boxes ``K x 4`` int64 ``x0, y0, x1, y1`` (``cv2.boundingRect`` of each contour:
+    ``x1 = max x + 1``) and, with ``with_area``, the areas (``cv2.contourArea``: the shoelace
+    sum over the contour's points; exact in float64 for integer points), for all contours at
+    once. A map of noise has tens of thousands of contours per level: a Python call per
+    contour was the sweep's main cost."""
+    lens = np.fromiter((len(c) for c in contours), dtype=np.int64, count=len(contours))
+    pts = np.concatenate(contours).reshape(-1, 2).astype(np.int64)
+    starts = np.zeros(len(lens), dtype=np.int64)
+    np.cumsum(lens[:-1], out=starts[1:])
+    x, y = pts[:, 0], pts[:, 1]
+    boxes = np.stack([np.minimum.reduceat(x, starts), np.minimum.reduceat(y, starts),
+                      np.maximum.reduceat(x, starts) + 1, np.maximum.reduceat(y, starts) + 1], axis=1)
+    if not with_area:
+        return boxes, None
+    nxt = np.arange(1, len(pts) + 1)
+    nxt[starts + lens - 1] = starts  # each contour closes on its first point
+    cross = (x * y[nxt] - x[nxt] * y).astype(np.float64)
+    areas = np.abs(np.add.reduceat(cross, starts)) * 0.5
+    return boxes, areas
+
+
 def _sweep_one(
-    u8: np.ndarray, levels: np.ndarray, gt: np.ndarray | None
+    u8: np.ndarray, levels: np.ndarray, gt: np.ndarray | None, need_largest: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """One map over sorted unique ``levels``: (largest L x 4, contour count L, v2 best IoU L)."""
+    """One map over sorted unique ``levels``: (largest L x 4, contour count L, v2 best IoU L).
+
+    ``need_largest`` (L bools, default all): levels whose largest contour is wanted (the
+    reference boxes); elsewhere ``largest`` keeps the empty box and only counts / v2 are made.
+    """
     h, w = u8.shape
     n_lv = len(levels)
     largest = np.tile(np.array(EMPTY_BOX_REFERENCE, dtype=np.int64), (n_lv, 1))
@@ -39,35 +66,52 @@ def _sweep_one(
     live = levels < int(rows.max(initial=0))
     if not live.any():
         return largest, counts, v2
+    want = np.ones(n_lv, bool) if need_largest is None else np.asarray(need_largest, bool)
     lv_live = levels[live][:, None]
     # Bounding box of the pixels above each level: contours never leave it.
     rmask, cmask = rows[None, :] > lv_live, cols[None, :] > lv_live
     y0s, y1s = rmask.argmax(1).tolist(), (h - rmask[:, ::-1].argmax(1)).tolist()
     x0s, x1s = cmask.argmax(1).tolist(), (w - cmask[:, ::-1].argmax(1)).tolist()
-    all_boxes: list[tuple[int, int, int, int]] = []
-    owners: list[int] = []
+    few_boxes: list[tuple[int, int, int, int]] = []  # levels with a few contours: plain loop
+    few_owners: list[int] = []
+    level_boxes: list[np.ndarray] = []  # levels with many: all contours at once
+    owners: list[np.ndarray] = []
     for j, lv in enumerate(lv_live[:, 0].tolist()):
+        if gt is None and not want[j]:
+            continue
         y0, y1, x0, x1 = y0s[j], y1s[j], x0s[j], x1s[j]
         _, sub = cv2.threshold(u8[y0:y1, x0:x1], lv, 255, cv2.THRESH_BINARY)
         contours, _ = cv2.findContours(sub, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE, offset=(x0, y0))
         counts[j] = len(contours)
-        best_area = -1.0
-        for c in contours:
-            x, y, bw, bh = cv2.boundingRect(c)
-            area = cv2.contourArea(c)
-            if area > best_area:
-                best_area = area
-                largest[j] = (x, y, x + bw, y + bh)
-            if gt is not None:
-                all_boxes.append((x, y, x + bw, y + bh))
-                owners.append(j)
-    if gt is not None and all_boxes:
-        boxes = np.asarray(all_boxes, dtype=np.int64)
+        if len(contours) <= _FEW_CONTOURS:  # one C call per contour beats the array set-up
+            best_area = -1.0
+            for c in contours:
+                x, y, bw, bh = cv2.boundingRect(c)
+                if want[j]:
+                    area = cv2.contourArea(c)
+                    if area > best_area:
+                        best_area = area
+                        largest[j] = (x, y, x + bw, y + bh)
+                if gt is not None:
+                    few_boxes.append((x, y, x + bw, y + bh))
+                    few_owners.append(j)
+            continue
+        boxes, areas = _boxes_areas(contours, bool(want[j]))
+        if areas is not None:
+            largest[j] = boxes[int(np.argmax(areas))]  # the first of the largest, as the loop above
+        if gt is not None:
+            level_boxes.append(boxes)
+            owners.append(np.full(len(boxes), j))
+    if few_boxes:
+        level_boxes.append(np.asarray(few_boxes, dtype=np.int64))
+        owners.append(np.asarray(few_owners, dtype=np.int64))
+    if gt is not None and level_boxes:
+        boxes = np.concatenate(level_boxes)
         np.minimum(boxes[:, 2], w - 1, out=boxes[:, 2])
         np.minimum(boxes[:, 3], h - 1, out=boxes[:, 3])
         best = box_iou(boxes, gt, plus_one=True).max(axis=1, initial=0.0)
         lv_best = np.full(n_lv, -np.inf)
-        np.maximum.at(lv_best, np.asarray(owners), best)
+        np.maximum.at(lv_best, np.concatenate(owners), best)
         has = counts > 0
         v2[has] = lv_best[has]
     return largest, counts, v2
