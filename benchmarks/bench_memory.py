@@ -1,4 +1,5 @@
-"""Peak memory of ``locloc evaluate`` and ``locloc masks`` at N and 4N images: it should be flat.
+"""Peak memory of ``locloc evaluate``, ``locloc masks`` and ``locloc predict`` (a folder, COCO
+out, score maps) at N and 4N images: it should be flat.
 
 Generates two synthetic CUB-layout sets (``make_synthetic``; N and 4N test images), saves a
 small random-weight model directory (``locloc_vit_tiny_cs8`` backbone, 1-block classifier,
@@ -82,7 +83,7 @@ def main() -> int:
             sizes[tag] = per * args.classes
         print(f"images per set: N={sizes['N']}, 4N={sizes['4N']} ({args.size}x{args.size}); "
               f"workers {args.workers}; peak RSS in MiB (main process / largest worker)")
-        results: dict[str, dict[str, dict]] = {"evaluate": {}, "masks": {}}
+        results: dict[str, dict[str, dict]] = {"evaluate": {}, "masks": {}, "predict": {}}
         for tag in sizes:
             results["evaluate"][tag] = run_peak([
                 "evaluate", "--data-path", str(data[tag]), "--model-dir", str(model), "--device", "cpu",
@@ -92,6 +93,11 @@ def main() -> int:
                 "masks", "--data-path", str(data[tag]), "--split", "test", "--out", str(root / f"masks_{tag}"),
                 "--backbone", "locloc_vit_tiny_cs8", "--allow-random-backbone", "--device", "cpu",
                 "--workers", str(args.workers), "--batch-size", "16", "--no-progress",
+            ])
+            results["predict"][tag] = run_peak([
+                "predict", str(Path(data[tag]) / "images"), "--model-dir", str(model), "--device", "cpu",
+                "--batch-size", "16", "--format", "coco", "--out", str(root / f"pred_{tag}.json"),
+                "--save-maps", str(root / f"maps_{tag}"),
             ])
         print(f"{'command':<9} {'N: main':>8} {'worker':>7} {'s':>5}   {'4N: main':>8} {'worker':>7} {'s':>5}   "
               f"{'4N/N main':>9}")
