@@ -45,6 +45,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--bf16", action="store_true",
+                   help="also time the two training steps under CPU bf16 autocast (amp: bf16) and print the ratio")
     a = p.parse_args()
 
     from locloc.engine.train_classifier import build_classifier
@@ -93,6 +95,13 @@ def main() -> None:
         "stage 3 classifier step": best_of(clf_step, a.rounds) / b,
         "stage 4 evaluation forward": best_of(eval_fwd, a.rounds) / b,
     }
+    if a.bf16:
+        for name, fn in (("stage 2 generator step", gen_step), ("stage 3 classifier step", clf_step)):
+            def amp(fn=fn) -> None:
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    fn()
+            t = best_of(amp, a.rounds) / b
+            print(f"  {name} under bf16 autocast: {1000 * t:.1f} ms/image ({per[name] / t:.2f}x fp32)")
     try:
         import skimage.data
 

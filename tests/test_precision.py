@@ -44,7 +44,7 @@ def test_fallback_is_one_line_and_env_overrides(monkeypatch, capsys):
     assert precision.checked_amp(torch.bfloat16, "cpu") is None
     assert precision.checked_amp(torch.bfloat16, "cpu") is None  # said once per process
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--bf16 ignored" in err[0] and "LOCLOC_CPU_BF16=1" in err[0]
+    assert len(err) == 1 and "bf16 ignored" in err[0] and "LOCLOC_CPU_BF16=1" in err[0]
     assert precision.checked_amp(None, "cpu") is None
     precision.cpu_bf16_native.cache_clear()
     monkeypatch.setenv("LOCLOC_CPU_BF16", "1")
@@ -66,4 +66,17 @@ def test_predict_and_api_fall_back(monkeypatch, tmp_path, capsys):
                       LightGenerator(in_channels=48))
     model = LocLoc(net, {"input": {"crop": 64}}, device="cpu", amp_dtype=torch.bfloat16)
     assert model.amp_dtype is None
-    assert "--bf16 ignored" in capsys.readouterr().err
+    assert "bf16 ignored" in capsys.readouterr().err
+
+
+def test_cpu_training_bf16_only_where_native(monkeypatch, capsys):
+    from locloc.engine.trainer import resolve_amp
+
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("LOCLOC_CPU_BF16", "1")
+    assert resolve_amp("bf16", cpu) is torch.bfloat16
+    assert resolve_amp("auto", cpu) is None and resolve_amp("fp16", cpu) is None  # auto stays fp32 on CPU
+    precision.cpu_bf16_native.cache_clear()
+    monkeypatch.setenv("LOCLOC_CPU_BF16", "0")
+    assert resolve_amp("bf16", cpu) is None
+    assert "bf16 ignored" in capsys.readouterr().err

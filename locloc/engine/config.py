@@ -44,7 +44,7 @@ class TrainConfig:
     sched: str = "cosine"  # "cosine" or "constant"; both updated every optimizer step
     weight_decay: float = 0.05
     clip_grad: float | None = None
-    amp: str = "auto"  # auto (bf16/fp16 on CUDA, fp32 on CPU), bf16, fp16, off
+    amp: str = "auto"  # auto (bf16/fp16 on CUDA, fp32 on CPU), bf16 (also on a CPU with native bf16), fp16, off
     device: str | None = None  # None: CUDA when available, else CPU
     workers: int | None = None  # None: 2 per process
     seed: int = 0
@@ -360,7 +360,7 @@ _COMMON_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("--workers", "workers", dict(type=int, help="data loader workers per process (default 2)")),
     ("--device", "device", dict(help="cpu, cuda, cuda:N (default: CUDA when available)")),
     ("--seed", "seed", dict(type=int)),
-    ("--amp", "amp", dict(choices=_CHOICES["amp"], help="mixed precision (CUDA only)")),
+    ("--amp", "amp", dict(choices=_CHOICES["amp"], help="mixed precision: CUDA, or bf16 on a CPU with native bf16")),
     ("--clip-grad", "clip_grad", dict(type=float, metavar="NORM", help="max gradient norm")),
     ("--val-split", "val_split", dict(choices=_CHOICES["val_split"])),
     ("--steps-per-epoch", "steps_per_epoch", dict(type=int, help="cap on steps per epoch")),

@@ -78,13 +78,13 @@ def checked_amp(dtype: torch.dtype | None, device: torch.device | str, *, quiet:
     if dev.type == "cpu" and not cpu_bf16_native():
         if not quiet and "cpu" not in _WARNED:
             _WARNED.add("cpu")
-            print("locloc: --bf16 ignored: this CPU has no native bfloat16 (no avx512_bf16/amx_bf16/bf16), "
+            print("locloc: --bf16 / amp: bf16 ignored: this CPU has no native bfloat16 (no avx512_bf16/amx_bf16/bf16), "
                   "where bf16 runs many times slower than fp32; running fp32 "
                   "(LOCLOC_CPU_BF16=1 forces bf16)", file=sys.stderr)
         return None
     if dev.type == "cuda" and not torch.cuda.is_bf16_supported():
         if not quiet and "cuda" not in _WARNED:
             _WARNED.add("cuda")
-            print("locloc: --bf16 ignored: this GPU has no bfloat16 support; running fp32", file=sys.stderr)
+            print("locloc: --bf16 / amp: bf16 ignored: this GPU has no bfloat16 support; running fp32", file=sys.stderr)
         return None
     return dtype

@@ -13,7 +13,8 @@ Choices, in one place:
 - Schedule: timm ``CosineLRScheduler`` updated **every optimizer step** (``t_in_epochs=False``),
   with ``warmup_epochs`` of linear warm-up from ``warmup_lr``; ``sched="constant"`` holds the
   lr after warm-up. The lr at any step depends only on the step number, so resuming is exact.
-- Precision: fp32 on CPU; on CUDA bf16 autocast, or fp16 autocast with a ``GradScaler``.
+- Precision: fp32 on CPU (bf16 autocast with ``amp: bf16`` where the CPU has native bf16); on
+  CUDA bf16 autocast, or fp16 autocast with a ``GradScaler``.
 - Data: a ``DistributedSampler`` (also in a single process, so that each epoch's order is a
   function of ``seed`` and the epoch only), ``drop_last`` so every process runs the same number
   of steps; worker seeds come from a generator reseeded every epoch.
@@ -117,8 +118,19 @@ def batch_length(batch: Any) -> int:
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for ``amp`` on ``device`` (``None``: fp32). CPU always runs fp32."""
-    if device.type != "cuda" or amp == "off":
+    """Autocast dtype for ``amp`` on ``device`` (``None``: fp32).
+
+    CUDA: ``auto`` is bf16 where supported, else fp16. CPU: fp32, except ``amp: bf16`` on a
+    CPU with native bf16 (:func:`locloc.engine.precision.cpu_bf16_native`); elsewhere that
+    request runs fp32 and says so (emulated bf16 is many times slower).
+    """
+    if amp == "off":
+        return None
+    if device.type != "cuda":
+        if amp == "bf16" and device.type == "cpu":
+            from .precision import checked_amp
+
+            return checked_amp(torch.bfloat16, device)
         return None
     if amp == "fp16":
         return torch.float16
