@@ -117,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup-epochs", type=float, default=0.5)
     ap.add_argument("--attention-weight", type=float, default=1.0,
                     help="weight of the objectness term (corpus masks vs CLS attention); 0: labels only")
+    ap.add_argument("--amp", choices=("off", "bf16"), default="off",
+                    help="bf16 autocast (on a CPU with native bf16; else fp32 with a warning)")
     ap.add_argument("--seed", type=int, default=1234, help="corpus + training seed (the demo uses 0, 1, ...)")
     ap.add_argument("--workers", type=int, default=2, help="processes rendering the corpus")
     ap.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = PretrainConfig(backbone=DEMO_BACKBONE, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
                          warmup_epochs=a.warmup_epochs, crop_scale=a.crop_scale, workers=0, seed=a.seed,
                          device="cpu", head_sizes=None if a.joint else (len(CORPUS_SHAPES), len(CORPUS_TEXTURES)),
-                         attention_weight=a.attention_weight)
+                         attention_weight=a.attention_weight, amp=a.amp)
     torch.manual_seed(a.seed)
     pretrain_backbone(train, val, len(corpus_classes()), cfg, out, log=print, progress=a.progress)
     weights = out / "backbone.safetensors"
