@@ -67,24 +67,36 @@ def atomic_save(path: str | Path, writer: Any) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
+def atomic_dir(path: str | Path, replace: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; it becomes ``path`` only on success.
 
-    ``path`` must not exist, or be an empty folder (else :class:`DataError`). On any
-    exception the temporary folder is removed and ``path`` is left as it was.
+    ``path`` must not exist or be an empty folder, unless ``replace`` (then a non-empty
+    ``path`` is swapped out and removed after the rename). The folder gets the usual
+    permissions (not ``mkdtemp``'s 0700). On any exception the temporary folder is removed
+    and ``path`` is left as it was.
     """
     import shutil
+    import uuid
 
     path = Path(path)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+    if path.exists() and not path.is_dir():
+        raise DataError(f"{path} already exists and is not a folder; remove it or choose another path")
+    if not replace and path.exists() and any(path.iterdir()):
         raise DataError(f"{path} already exists and is not an empty folder; remove it or choose another path")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial"
+    tmp.mkdir()
     try:
         yield tmp
-        if path.exists():
-            path.rmdir()
-        os.replace(tmp, path)
+        if path.exists() and any(path.iterdir()):
+            trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, trash / "old")
+            os.replace(tmp, path)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            if path.exists():
+                path.rmdir()
+            os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -49,3 +49,23 @@ def real_ilsvrc_list(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def golden_dir() -> Path:
     """``tests/data/golden``: the reference's cub_mini images and ``expected.npz``."""
     return GOLDEN
+
+
+@pytest.fixture(scope="session")
+def tiny_rgb_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random LocLoc model directory (2-block ViT at 64 px, classes red/green/blue);
+    shared by the session: treat it as read-only."""
+    import torch
+
+    from locloc.models.backbone import build_backbone
+    from locloc.models.classifier import LFDMClassifier
+    from locloc.models.generator import LightGenerator
+    from locloc.models.model_dir import save_model_dir
+    from locloc.models.pipeline import LocLocModel
+
+    torch.manual_seed(0)
+    bb = build_backbone("vit_small_patch16_224", None, img_size=64, patch_size=16, depth=2, embed_dim=48, num_heads=3)
+    cls = LFDMClassifier(3, embed_dim=48, depth=1, num_heads=3, grid_size=bb.grid_size)
+    d = tmp_path_factory.mktemp("rgb_model")
+    save_model_dir(d, LocLocModel(bb, cls, LightGenerator(in_channels=48)).eval(), {"class_names": ["red", "green", "blue"]})
+    return d

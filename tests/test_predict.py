@@ -12,11 +12,6 @@ from torch import nn
 
 from locloc import LocLoc
 from locloc.cli import main
-from locloc.models.backbone import build_backbone
-from locloc.models.classifier import LFDMClassifier
-from locloc.models.generator import LightGenerator
-from locloc.models.model_dir import save_model_dir
-from locloc.models.pipeline import LocLocModel
 
 TINY = dict(img_size=64, patch_size=16, depth=2, embed_dim=48, num_heads=3)
 
@@ -75,14 +70,8 @@ def test_crop_view_box_stays_inside_centre_crop():
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    bb = build_backbone("vit_small_patch16_224", None, **TINY)
-    cls = LFDMClassifier(3, embed_dim=48, depth=1, num_heads=3, grid_size=bb.grid_size)
-    model = LocLocModel(bb, cls, LightGenerator(in_channels=48))
-    d = tmp_path_factory.mktemp("model")
-    save_model_dir(d, model.eval(), {"class_names": ["red", "green", "blue"]})
-    return d
+def model_dir(tiny_rgb_model_dir):
+    return tiny_rgb_model_dir
 
 
 def test_predict_cli_folder(model_dir, tmp_path, capsys):

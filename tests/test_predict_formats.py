@@ -9,16 +9,10 @@ import os
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from locloc import LocLoc
 from locloc.cli import main
-from locloc.models.backbone import build_backbone
-from locloc.models.classifier import LFDMClassifier
-from locloc.models.generator import LightGenerator
-from locloc.models.model_dir import save_model_dir
-from locloc.models.pipeline import LocLocModel
 
 TINY = dict(img_size=64, patch_size=16, depth=2, embed_dim=48, num_heads=3)
 # folder names as users have them: exact, another case, a CUB-style number prefix
@@ -26,14 +20,8 @@ TREE = {"red": [(90, 60), (40, 70)], "Green": [(64, 64)], "003.blue": [(120, 50)
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    bb = build_backbone("vit_small_patch16_224", None, **TINY)
-    cls = LFDMClassifier(3, embed_dim=48, depth=1, num_heads=3, grid_size=bb.grid_size)
-    model = LocLocModel(bb, cls, LightGenerator(in_channels=48))
-    d = tmp_path_factory.mktemp("model")
-    save_model_dir(d, model.eval(), {"class_names": ["red", "green", "blue"]})
-    return d
+def model_dir(tiny_rgb_model_dir):
+    return tiny_rgb_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +111,9 @@ def test_save_maps_wsolevaluation_layout(model_dir, tree, tmp_path):
     maps = tmp_path / "scoremaps"
     assert main(["predict", str(tree), "--model-dir", str(model_dir), "--save-maps", str(maps),
                  "--out", str(tmp_path / "p.jsonl")]) == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert maps.stat().st_mode & 0o777 == 0o777 & ~umask  # a normal folder, not mkdtemp's 0700
     api = LocLoc.from_pretrained(model_dir, device="cpu")
     files = sorted(p.relative_to(maps).as_posix() for p in maps.rglob("*.npy"))
     assert files == sorted(f"{folder}/img{k}.png.npy" for folder, s in TREE.items() for k in range(len(s)))

@@ -102,8 +102,9 @@ def run(args: argparse.Namespace) -> int:
         paths.extend(found.paths)
         skipped += found.skipped
     ids = _image_ids(paths, args.root)
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
+    if len(set(ids)) != len(ids):  # rare: find the first repeat in one pass
+        seen: set[str] = set()
+        dup = next(i for i in ids if i in seen or seen.add(i))
         raise ConfigError(f"two inputs share the image id {dup!r}: pass each image once (or set --root)")
     model = LocLoc.from_pretrained(
         args.model_dir, device=args.device, view=args.view, threshold=args.threshold,

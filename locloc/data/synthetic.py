@@ -14,10 +14,6 @@ against image sizes.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import DataError
+from ..fileio import atomic_dir
 from ..metrics import box_iou
 from .records import Sample
 
@@ -357,23 +354,8 @@ def make_synthetic(
         raise DataError(f"--scale must satisfy 0.05 <= min <= max <= 0.95, got {scale}")
     out = Path(out).expanduser().absolute()
     _prepare_out(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.mkdir()  # not mkdtemp: the data set should get the usual permissions, not 0700
-    try:
+    with atomic_dir(out, replace=True) as tmp:  # out never holds half a data set
         _write(tmp, classes, train, test, size, seed, progress, clutter, tuple(scale), class_colours)
-        if out.exists() and any(out.iterdir()):
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, trash / "old")
-            os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            if out.exists():
-                out.rmdir()
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

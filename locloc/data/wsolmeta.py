@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .records import DataSet, Sample, safe_relpath
+from .records import DataSet, Sample, parse_float, parse_int, safe_relpath
 
 SPLIT_FILES = ("image_ids.txt", "class_labels.txt", "image_sizes.txt", "localization.txt")
 _LAYOUT = (
@@ -59,16 +59,6 @@ def _rows(path: Path, fields: tuple[int, ...], what: str) -> list[tuple[int, lis
     return out
 
 
-def _num(tok: str, path: Path, line: int, what: str, kind: type = float) -> float:
-    try:
-        v = kind(tok)
-    except ValueError:
-        raise DataError(f"{path}:{line}: {what} {tok!r} is not {'an integer' if kind is int else 'a number'}") from None
-    if not np.isfinite(v):
-        raise DataError(f"{path}:{line}: {what} is {tok!r}; must be finite")
-    return v
-
-
 def _load_split(d: Path, images_root: Path) -> tuple[list[tuple[str, int, np.ndarray, Path | None, tuple[int, int] | None]], str]:
     ids_path = d / "image_ids.txt"
     ids = []
@@ -90,7 +80,7 @@ def _load_split(d: Path, images_root: Path) -> tuple[list[tuple[str, int, np.nda
     for line, (iid, tok) in _rows(lab_path, (2,), "image id,class index"):
         if iid not in seen:
             raise unknown(lab_path, line, iid)
-        k = int(_num(tok, lab_path, line, "class index", int))
+        k = parse_int(tok, lab_path, line, "class index")
         if k < 0:
             raise DataError(f"{lab_path}:{line}: class index {k} is negative")
         labels[iid] = k
@@ -104,7 +94,7 @@ def _load_split(d: Path, images_root: Path) -> tuple[list[tuple[str, int, np.nda
         for line, (iid, w, h) in _rows(size_path, (3,), "image id,width,height"):
             if iid not in seen:
                 raise unknown(size_path, line, iid)
-            wh = (int(_num(w, size_path, line, "width", int)), int(_num(h, size_path, line, "height", int)))
+            wh = (parse_int(w, size_path, line, "width"), parse_int(h, size_path, line, "height"))
             if min(wh) < 1:
                 raise DataError(f"{size_path}:{line}: image size {wh} must be positive")
             sizes[iid] = wh
@@ -123,7 +113,7 @@ def _load_split(d: Path, images_root: Path) -> tuple[list[tuple[str, int, np.nda
                 masks.setdefault(iid, images_root.parent / "mask" / safe_relpath(parts[1], loc_path, line))
                 continue
             kind = "boxes"
-            x0, y0, x1, y1 = (_num(t, loc_path, line, "box coordinate") for t in parts[1:])
+            x0, y0, x1, y1 = (parse_float(t, loc_path, line, "box coordinate") for t in parts[1:])
             if x1 <= x0 or y1 <= y0:
                 raise DataError(f"{loc_path}:{line}: box {x0:g},{y0:g},{x1:g},{y1:g} is empty (need x1 > x0 and y1 > y0)")
             if iid in sizes:
