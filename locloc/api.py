@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from .data.transforms import crop_offset, eval_transform_for, resized_size
-from .fileio import open_image
+from .fileio import open_image_reduced
 from .metrics import box_from_map, normalize_map, to_uint8
 
 
@@ -135,14 +135,20 @@ class LocLoc:
     @torch.inference_mode()
     def predict_batch(self, images: Sequence[Image.Image | str | Path]) -> list[Prediction]:
         """Predict class and box for each image (PIL images or paths)."""
-        pils, paths = [], []
+        # A large JPEG path is decoded at a reduced scale (never below what the input view
+        # shrinks it to); boxes and heat maps are mapped to the size in the file's header.
+        pils, paths, sizes = [], [], []
+        short = self.resize if self.view == "crop" else self.crop
         for im in images:
             if isinstance(im, (str, Path)):
                 paths.append(str(im))
-                pils.append(open_image(im))
+                pil, size = open_image_reduced(im, short)
             else:
                 paths.append(None)
-                pils.append(im.convert("RGB"))
+                pil = im.convert("RGB")
+                size = pil.size
+            pils.append(pil)
+            sizes.append(size)
         x = torch.stack([self._prepare(im) for im in pils]).to(self.device)
         kw = {"boxes_only": True} if self.boxes_only else {}
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
@@ -157,8 +163,7 @@ class LocLoc:
             top = probs.topk(k, dim=1)
             top_v, top_i = top.values.cpu().numpy(), top.indices.cpu().numpy()
         preds = []
-        for i, im in enumerate(pils):
-            w, h = im.size
+        for i, (w, h) in enumerate(sizes):
             box = box_from_map(to_uint8(cams[i]), self.threshold)
             top5 = []
             if probs is not None:

@@ -146,6 +146,25 @@ def open_image(path: str | Path) -> Image.Image:
     converted to RGB. A missing, empty, truncated, undecodable or implausibly large file
     raises :class:`DataError` naming the file.
     """
+    return _open(path, None)[0]
+
+
+def open_image_reduced(path: str | Path, min_short_side: int) -> tuple[Image.Image, tuple[int, int]]:
+    """Read an image as 8-bit RGB for a consumer that shrinks it to ``min_short_side`` anyway.
+
+    A JPEG whose short side is at least twice ``min_short_side`` is decoded at 1/2, 1/4 or
+    1/8 scale in the DCT domain (Pillow's draft mode: the largest reduction that keeps the
+    short side >= ``min_short_side``), which is several times faster for large photos (see
+    ``benchmarks/bench_decode.py``); other files are read in full, as by :func:`open_image`.
+    Returns ``(image, (width, height))`` with the *original* size from the file's header,
+    which box and heat-map mapping must use. Errors as :func:`open_image`.
+    """
+    if min_short_side < 1:
+        raise ValueError(f"min_short_side must be >= 1, got {min_short_side}")
+    return _open(path, int(min_short_side))
+
+
+def _open(path: str | Path, min_short_side: int | None) -> tuple[Image.Image, tuple[int, int]]:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: image file not found")
@@ -165,8 +184,12 @@ def open_image(path: str | Path) -> Image.Image:
                         f"{path}: image header declares {w}x{h} pixels, more than the "
                         f"{MAX_IMAGE_PIXELS:,} allowed (possible decompression bomb)"
                     )
+                if min_short_side is not None and im.format == "JPEG" and min(w, h) >= 2 * min_short_side:
+                    # Pillow picks scale = min(w // s, h // s) rounded down to 8/4/2/1, so
+                    # both sides stay >= s after the DCT-domain reduction.
+                    im.draft(im.mode, (min_short_side, min_short_side))
                 im.load()
-                return _to_rgb(im)
+                return _to_rgb(im), (w, h)
     except DataError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

@@ -13,9 +13,9 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import LocLocError
-from ..fileio import open_image
+from ..fileio import open_image, open_image_reduced
 from .records import Sample
-from .transforms import EvalTransform
+from .transforms import EvalTransform, _as_boxes
 
 
 class WSOLDataset(Dataset):
@@ -34,14 +34,17 @@ class WSOLDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         s = self.samples[index]
-        img = open_image(s.path)
-        image, boxes = self.transform(img, s.boxes)
+        # Large JPEGs are decoded at a reduced scale (never below the resize); boxes are
+        # mapped with the original size from the file's header.
+        img, orig_size = open_image_reduced(s.path, self.transform.resize)
+        image = self.transform.image(img)
+        boxes = self.transform.boxes(_as_boxes([] if s.boxes is None else s.boxes), orig_size)
         return {
             "image": image,
             "label": int(s.label),
             "boxes": torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float64)),
             "index": int(index),
-            "orig_size": img.size,
+            "orig_size": orig_size,
         }
 
 

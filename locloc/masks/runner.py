@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..fileio import open_image
+from ..fileio import open_image, open_image_reduced
 from .grabcut import FALLBACK_REASONS, GrabCutMasker
 from .store import MaskStore
 
@@ -104,7 +104,8 @@ def load_backbone_batch(samples: Sequence[Sample], backbone: FrozenViT) -> torch
     std = np.asarray(backbone.data_config["std"], np.float32).reshape(1, 1, 3)
     out = np.empty((len(samples), 3, h, w), np.float32)
     for k, s in enumerate(samples):
-        im = open_image(s.path).resize((w, h), Image.BILINEAR)
+        # a large JPEG is decoded at a reduced scale that stays above the backbone's input
+        im = open_image_reduced(s.path, max(w, h))[0].resize((w, h), Image.BILINEAR)
         a = np.asarray(im, np.float32) / 255.0
         out[k] = ((a - mean) / std).transpose(2, 0, 1)
     return torch.from_numpy(out)
