@@ -67,7 +67,7 @@ class DemoRecipe:
     @classmethod
     def quick(cls) -> DemoRecipe:
         return cls(classes=4, train_per_class=40, test_per_class=15, size=112, heldout_per_class=10,
-                   pretrain_epochs=12, generator_epochs=5, classifier_epochs=4, cache_views=1)
+                   pretrain_epochs=12, generator_epochs=12, classifier_epochs=8, cache_views=1)
 
 
 def _log(msg: str) -> None:
