@@ -255,3 +255,18 @@ def test_runner_stats_with_fake_backbone(tiny, tmp_path):
     assert stats.images_per_s > 0
     stats = mask_samples(samples, _FakeBackbone(), store, GrabCutMasker(iterations=1), progress=False)
     assert stats.done == 0 and stats.skipped == N_TRAIN
+
+
+def test_workers_from_a_piped_script_fall_back_to_one_process(tiny, tmp_path):
+    """A script piped to ``python -`` cannot be re-imported by spawned workers; the run must
+    say so and finish in-process rather than hang or fail inside multiprocessing."""
+    data, weights = tiny
+    out = tmp_path / "masks"
+    script = (
+        "import sys\nfrom locloc.cli import main\n"
+        f"sys.exit(main({_args(data, weights, out, '--workers', '2')!r}))\n"
+    )
+    r = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "running GrabCut in this process" in r.stderr
+    assert len(list(out.rglob("*.png"))) == N_TRAIN

@@ -123,6 +123,16 @@ def attention_grids(backbone: FrozenViT, images: torch.Tensor, device: str | tor
     return att.reshape(-1, gh, gw).cpu().numpy()
 
 
+def _spawn_can_start() -> bool:
+    """False when ``__main__`` names a file that does not exist (a script piped to
+    ``python -``): spawned workers re-import it and die at start, leaving a pool that never
+    answers."""
+    import sys
+
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    return main_file is None or os.path.exists(main_file)
+
+
 # -- worker side (module-level and torch-free so that spawned workers start fast) -----------
 
 _WORKER: dict[str, Any] = {}
@@ -167,6 +177,13 @@ def _mask_loop(
         bar.update(len(results))
 
     pool = None
+    if workers > 0 and not _spawn_can_start():
+        import sys
+
+        print(f"locloc masks: the main script {sys.modules['__main__'].__file__!r} is not a file that "
+              "spawned GrabCut workers can import (stdin?); running GrabCut in this process instead",
+              file=sys.stderr, flush=True)
+        workers = 0
     try:
         if workers > 0:
             ctx = mp.get_context("spawn")
