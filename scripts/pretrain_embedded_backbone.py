@@ -167,9 +167,12 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "recipe": {"epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "crop_scale": a.crop_scale,
                    "object_scale": list(scale), "warmup_epochs": a.warmup_epochs,
-                   "optimizer": "AdamW wd 0.05, cosine with warm-up"},
+                   "optimizer": "AdamW wd 0.05, cosine with warm-up", "amp": a.amp},
         "stage1": stage1,
         "val_top1": _last_val(out),
+        "val_top1_meaning": (
+            f"corpus validation images with {'the class' if a.joint else 'both shape and texture'} right "
+            f"({a.val_per_class} per class)"),
         "seconds": round(time.perf_counter() - t0),
         "machine": "2 CPU cores",
         "command": "python scripts/pretrain_embedded_backbone.py " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import sys
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -127,8 +128,6 @@ def _spawn_can_start() -> bool:
     """False when ``__main__`` names a file that does not exist (a script piped to
     ``python -``): spawned workers re-import it and die at start, leaving a pool that never
     answers."""
-    import sys
-
     main_file = getattr(sys.modules.get("__main__"), "__file__", None)
     return main_file is None or os.path.exists(main_file)
 
@@ -178,8 +177,6 @@ def _mask_loop(
 
     pool = None
     if workers > 0 and not _spawn_can_start():
-        import sys
-
         print(f"locloc masks: the main script {sys.modules['__main__'].__file__!r} is not a file that "
               "spawned GrabCut workers can import (stdin?); running GrabCut in this process instead",
               file=sys.stderr, flush=True)
