@@ -32,22 +32,26 @@ from pathlib import Path
 import numpy as np
 
 
-def _render(args: tuple[int, int, int, int, tuple[float, float], bool]) -> tuple[np.ndarray, int, np.ndarray]:
+def _render(args: tuple[int, int, int, int, tuple[float, float], tuple[float, float], bool]
+            ) -> tuple[np.ndarray, int, np.ndarray]:
     from locloc.data.corpus import CORPUS_SHAPES, CORPUS_TEXTURES, corpus_classes, render_corpus
 
-    k, j, seed, size, scale, factorized = args
+    k, j, seed, size, scale, clutter, factorized = args
     shape, texture = corpus_classes()[k]
-    img, mask = render_corpus(shape, texture, np.random.default_rng([seed, 1000 + k, j]), size, scale)
+    # the clutter level from its own stream, so clutter (1, 1) renders the images it always did
+    level = clutter[0] if clutter[0] == clutter[1] else float(
+        np.random.default_rng([seed, 2000 + k, j]).uniform(clutter[0], clutter[1]))
+    img, mask = render_corpus(shape, texture, np.random.default_rng([seed, 1000 + k, j]), size, scale, level)
     if factorized:  # shape and texture as two labels, read in mixed radix by the trainer
         k = CORPUS_SHAPES.index(shape) * len(CORPUS_TEXTURES) + CORPUS_TEXTURES.index(texture)
     return img, k, mask
 
 
 def build(per_class: int, seed: int, size: int, workers: int, scale: tuple[float, float],
-          factorized: bool) -> list[tuple[np.ndarray, int, np.ndarray]]:
+          factorized: bool, clutter: tuple[float, float] = (1.0, 1.0)) -> list[tuple[np.ndarray, int, np.ndarray]]:
     from locloc.data.corpus import corpus_classes
 
-    jobs = [(k, j, seed, size, scale, factorized) for k in range(len(corpus_classes())) for j in range(per_class)]
+    jobs = [(k, j, seed, size, scale, clutter, factorized) for k in range(len(corpus_classes())) for j in range(per_class)]
     with mp.get_context("spawn").Pool(workers) as pool:
         return pool.map(_render, jobs, chunksize=64)
 
@@ -112,6 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--crop-scale", type=float, default=0.5)
     ap.add_argument("--scale", type=float, nargs=2, default=(0.3, 0.85), metavar=("MIN", "MAX"),
                     help="object extent as a fraction of the image side")
+    ap.add_argument("--clutter", type=float, nargs=2, default=(1.0, 1.0), metavar=("MIN", "MAX"),
+                    help="background clutter level per image, uniform in [MIN, MAX] (1: the corpus's own level)")
+    ap.add_argument("--init", metavar="FILE", default=None,
+                    help="start from these backbone weights (a backbone.safetensors of this script) instead of "
+                         "random init: fine-tuning on another corpus")
     ap.add_argument("--joint", action="store_true",
                     help="one softmax over the corpus classes instead of shape and texture heads")
     ap.add_argument("--warmup-epochs", type=float, default=0.5)
@@ -133,15 +142,21 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     scale = (a.scale[0], a.scale[1])
-    train = build(a.per_class, a.seed, a.size, a.workers, scale, not a.joint)
-    val = build(a.val_per_class, a.seed + 1, a.size, a.workers, scale, not a.joint)
+    clutter = (a.clutter[0], a.clutter[1])
+    if not 0.0 <= clutter[0] <= clutter[1] <= 4.0:
+        ap.error(f"--clutter must satisfy 0 <= MIN <= MAX <= 4, got {clutter[0]} {clutter[1]}")
+    if a.init is not None and not Path(a.init).is_file():
+        ap.error(f"--init {a.init}: no such file")
+    init_sha = hashlib.sha256(Path(a.init).read_bytes()).hexdigest() if a.init else None
+    train = build(a.per_class, a.seed, a.size, a.workers, scale, not a.joint, clutter)
+    val = build(a.val_per_class, a.seed + 1, a.size, a.workers, scale, not a.joint, clutter)
     t_data = time.perf_counter() - t0
     print(f"corpus: {len(corpus_classes())} classes, {len(train)} train + {len(val)} val images "
           f"in {t_data:.0f} s", flush=True)
     cfg = PretrainConfig(backbone=DEMO_BACKBONE, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
                          warmup_epochs=a.warmup_epochs, crop_scale=a.crop_scale, workers=0, seed=a.seed,
                          device="cpu", head_sizes=None if a.joint else (len(CORPUS_SHAPES), len(CORPUS_TEXTURES)),
-                         attention_weight=a.attention_weight, amp=a.amp)
+                         attention_weight=a.attention_weight, amp=a.amp, init_weights=a.init)
     torch.manual_seed(a.seed)
     pretrain_backbone(train, val, len(corpus_classes()), cfg, out, log=print, progress=a.progress)
     weights = out / "backbone.safetensors"
@@ -166,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
                f"weight {a.attention_weight}" if a.attention_weight > 0 else "")
         ),
         "recipe": {"epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "crop_scale": a.crop_scale,
-                   "object_scale": list(scale), "warmup_epochs": a.warmup_epochs,
+                   "object_scale": list(scale), "clutter": list(clutter),
+                   "init": None if a.init is None else {"file": Path(a.init).name, "sha256": init_sha},
+                   "warmup_epochs": a.warmup_epochs,
                    "optimizer": "AdamW wd 0.05, cosine with warm-up", "amp": a.amp},
         "stage1": stage1,
         "val_top1": _last_val(out),

@@ -100,3 +100,71 @@ def test_factorized_heads_and_objectness_train_and_load(tmp_path: Path) -> None:
     build_backbone(cfg.backbone, out["weights"], **TINY)  # strict load, head dropped
     ck = torch.load(tmp_path / "bb" / "run" / "last.pt", map_location="cpu", weights_only=True)
     assert ck["model"]["head.weight"].shape[0] == 2 + 3  # one softmax per factor, not 6 classes
+
+
+def _items(n_classes: int = 2, per: int = 3, size: int = 40) -> list:
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    return [(rng.integers(0, 255, (size, size, 3), dtype=np.uint8), k) for k in range(n_classes) for _ in range(per)]
+
+
+def test_init_weights_start_from_the_given_backbone(tmp_path: Path) -> None:
+    """Fine-tuning: with ``init_weights`` and zero learning rate the weights written are the
+    ones given, not a fresh random init (a mismatch would raise, strict on non-head keys).
+    Batch-norm running statistics of the conv stem still move in training mode: left out."""
+    from safetensors.torch import load_file
+
+    first = pretrain_backbone(_items(), _items(), 2, PretrainConfig(backbone_kwargs=dict(TINY), epochs=1,
+                              batch_size=3, workers=0, seed=1), tmp_path / "a", progress=False, log=lambda m: None)
+    cfg = PretrainConfig(backbone_kwargs=dict(TINY), epochs=1, batch_size=3, workers=0, seed=2, lr=0.0,
+                         weight_decay=0.0, init_weights=first["weights"])
+    second = pretrain_backbone(_items(), _items(), 2, cfg, tmp_path / "b", progress=False, log=lambda m: None)
+    a, b = load_file(first["weights"]), load_file(second["weights"])
+    assert a.keys() == b.keys()
+    params = [k for k in a if "running_" not in k and "num_batches" not in k]
+    assert len(params) > 10
+    assert all(torch.equal(a[k], b[k]) for k in params)
+    fresh = pretrain_backbone(_items(), _items(), 2, PretrainConfig(backbone_kwargs=dict(TINY), epochs=1,
+                              batch_size=3, workers=0, seed=2, lr=0.0, weight_decay=0.0), tmp_path / "c",
+                              progress=False, log=lambda m: None)
+    c = load_file(fresh["weights"])
+    assert not any(torch.equal(a[k], c[k]) for k in params if k.endswith(".weight") and "norm" not in k)
+
+
+def test_init_weights_of_another_backbone_are_refused(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from locloc.errors import CheckpointError
+
+    other = tmp_path / "other.safetensors"
+    save_file({"blocks.0.attn.qkv.weight": torch.zeros(3, 3)}, str(other))
+    cfg = PretrainConfig(backbone_kwargs=dict(TINY), epochs=1, batch_size=3, workers=0, init_weights=str(other))
+    with pytest.raises(CheckpointError, match="does not fit"):
+        pretrain_backbone(_items(), _items(), 2, cfg, tmp_path / "x", progress=False, log=lambda m: None)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        pretrain_backbone(_items(), _items(), 2, PretrainConfig(backbone_kwargs=dict(TINY), epochs=1, batch_size=3,
+                          workers=0, init_weights=str(junk)), tmp_path / "y", progress=False, log=lambda m: None)
+
+
+def test_corpus_clutter_adds_background_structure() -> None:
+    """More clutter: more edge pixels outside the object, on average over images; the object
+    and its mask come from the same generator either way."""
+    import cv2
+    import numpy as np
+
+    from locloc.data.corpus import render_corpus
+
+    def edges(level: float) -> float:
+        total = 0.0
+        for j in range(12):
+            img, mask = render_corpus("heart", "noise", np.random.default_rng([3, j]), 128, clutter=level)
+            e = cv2.Canny(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), 60, 160) > 0
+            total += float(e[cv2.dilate(mask, np.ones((5, 5), np.uint8)) == 0].mean())
+        return total / 12
+
+    low, mid, high = edges(0.0), edges(1.0), edges(3.0)
+    assert low < mid < high
+    assert high > 1.3 * mid

@@ -117,9 +117,15 @@ def _extra_texture(name: str, u: np.ndarray, v: np.ndarray, rng: np.random.Gener
     return _texture(name, u, v, rng)
 
 
-def _corpus_background(rng: np.random.Generator, size: int) -> np.ndarray:
+def _count(rng: np.random.Generator, lo: int, hi: int, clutter: float) -> int:
+    """A random count in ``[lo, hi)`` scaled by ``clutter`` (1: the count itself)."""
+    return int(round(int(rng.integers(lo, hi)) * clutter))
+
+
+def _corpus_background(rng: np.random.Generator, size: int, clutter: float = 1.0) -> np.ndarray:
     """Clutter of another kind than ``make-synthetic``'s: noise at two scales, outlined
-    ellipses, scribbles and a tiled patch over a flat or two-tone base."""
+    ellipses, scribbles and tiled patches over a flat or two-tone base. ``clutter`` scales the
+    number of ellipses, scribbles and patches (1: the recipe of the shipped backbone)."""
     base = rng.uniform(20, 235, 3)
     img = np.ones((size, size, 3)) * base
     for cells, amp in ((int(rng.integers(3, 6)), rng.uniform(15, 45)), (int(rng.integers(10, 20)), rng.uniform(5, 20))):
@@ -129,16 +135,16 @@ def _corpus_background(rng: np.random.Generator, size: int) -> np.ndarray:
         a = rng.uniform(0, 2 * np.pi)
         half = (np.cos(a) * (xs - 0.5) + np.sin(a) * (ys - 0.5)) > rng.uniform(-0.3, 0.3)
         img[half] = img[half] * 0.5 + rng.uniform(20, 235, 3) * 0.5
-    for _ in range(int(rng.integers(1, 5))):  # outlined ellipses
+    for _ in range(_count(rng, 1, 5, clutter)):  # outlined ellipses
         c = tuple(int(x) for x in rng.uniform(0, size, 2))
         ax = tuple(int(x) for x in rng.uniform(0.05, 0.3, 2) * size)
         cv2.ellipse(img, c, ax, float(rng.uniform(0, 180)), 0, 360, tuple(float(x) for x in rng.uniform(0, 255, 3)),
                     int(rng.integers(1, 3)), cv2.LINE_AA)
-    for _ in range(int(rng.integers(0, 4))):  # scribbles
+    for _ in range(_count(rng, 0, 4, clutter)):  # scribbles
         pts = np.cumsum(rng.normal(0, size * 0.08, (6, 2)), 0) + rng.uniform(0, size, 2)
         cv2.polylines(img, [pts.astype(np.int32)], False, tuple(float(x) for x in rng.uniform(0, 255, 3)), 1,
                       cv2.LINE_AA)
-    if rng.uniform() < 0.5:  # a tiled patch
+    for _ in range(int(rng.uniform() < 0.5) if clutter == 1.0 else int(rng.poisson(0.5 * clutter))):  # tiled
         s = int(rng.uniform(0.15, 0.35) * size)
         x0, y0 = (int(v) for v in rng.integers(0, size - s, 2))
         k = int(rng.integers(3, 7))
@@ -151,11 +157,16 @@ def _corpus_background(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def render_corpus(
-    shape: str, texture: str, rng: np.random.Generator, size: int = 128, scale: tuple[float, float] = (0.15, 0.8)
+    shape: str, texture: str, rng: np.random.Generator, size: int = 128, scale: tuple[float, float] = (0.15, 0.8),
+    clutter: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One corpus image: ``(H x W x 3 uint8 RGB, H x W uint8 mask in {0, 1})``."""
-    img = _corpus_background(rng, size)
-    for _ in range(int(rng.integers(0, 4))):
+    """One corpus image: ``(H x W x 3 uint8 RGB, H x W uint8 mask in {0, 1})``.
+
+    ``scale``: range of the object's extent / image side (log-uniform); ``clutter``: scales the
+    background clutter and the number of distractors (1: the shipped backbone's corpus).
+    """
+    img = _corpus_background(rng, size, clutter)
+    for _ in range(_count(rng, 0, 4, clutter)):
         lin, centre = _placement(rng, size, rng.uniform(0.06, 0.15))
         polys, holes = _shape_polys(_DISTRACTORS[int(rng.integers(0, 3))], rng)
         u, v = _local_coords(lin, centre, size)

@@ -56,6 +56,9 @@ class PretrainConfig(TrainConfig):
     # weight of the objectness term: KL(object mask pooled to the patch grid || last block's
     # CLS attention, heads averaged); needs (image, label, mask) items; 0: labels only
     attention_weight: float = 0.0
+    # start from these backbone weights (timm keys, no head) instead of random init; the
+    # classification head is always new
+    init_weights: str | None = None
 
 
 class _LabelledImages(Dataset):
@@ -130,6 +133,27 @@ def _objectness_loss(att: torch.Tensor, masks: torch.Tensor, grid: tuple[int, in
     return (t * (torch.log(t.clamp_min(1e-12)) - torch.log(a.clamp_min(1e-12)))).sum(1).mean()
 
 
+def _load_init(vit: nn.Module, path: str | Path) -> None:
+    """Load backbone weights (no head) into ``vit``; every non-head key must match."""
+    from safetensors.torch import load_file
+
+    from ..errors import CheckpointError
+
+    try:
+        sd = load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - safetensors raises several kinds
+        raise CheckpointError(f"{path}: cannot read as safetensors ({e}); pass a backbone.safetensors") from None
+    own = vit.state_dict()
+    wrong = [k for k, v in sd.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    missing = [k for k in own if k not in sd and not k.startswith("head.")]
+    unexpected = [k for k in sd if k not in own]
+    if wrong or missing or unexpected:
+        raise CheckpointError(f"{path}: does not fit {type(vit).__name__} (wrong shapes {wrong[:3]}, "
+                              f"missing {missing[:3]}, unexpected {unexpected[:3]}); pass weights of the "
+                              "same backbone")
+    vit.load_state_dict(sd, strict=False)
+
+
 def pretrain_backbone(
     train: Sequence[Sample] | Sequence[tuple[Any, int]],
     val: Sequence[Sample] | Sequence[tuple[Any, int]],
@@ -140,7 +164,7 @@ def pretrain_backbone(
     progress: bool = True,
     log: Any = None,
 ) -> dict[str, Any]:
-    """Train ``cfg.backbone`` (timm, random init) to classify ``train``; freeze-ready weights.
+    """Train ``cfg.backbone`` (timm; random init or ``cfg.init_weights``) to classify ``train``.
 
     ``train`` / ``val`` are samples on disk or in-memory ``(H x W x 3 uint8, label)`` pairs.
 
@@ -155,6 +179,8 @@ def pretrain_backbone(
     torch.manual_seed(cfg.seed)
     heads = tuple(int(h) for h in cfg.head_sizes) if cfg.head_sizes else (int(num_classes),)
     vit = timm.create_model(cfg.backbone, pretrained=False, num_classes=sum(heads), **cfg.backbone_kwargs)
+    if cfg.init_weights:
+        _load_init(vit, cfg.init_weights)
     size = int(vit.patch_embed.img_size[0])
     train_tf, test_tf = _transforms(size, IMAGENET_MEAN, IMAGENET_STD, cfg.crop_scale)
     val_loader = DataLoader(_LabelledImages(val, test_tf), batch_size=64, shuffle=False, num_workers=0)
