@@ -17,6 +17,11 @@ Sections (default: all; pick with flags):
     synthetic test split for fp32, bf16 and boxes-only, and for a UNet and a light generator
     trained with the same short recipe on the demo's masks (``--epochs``; ``--quick`` = 2).
 
+``--backbone vit_small_patch14_dinov2`` runs ``--fp32`` (and ``--modes``) with the real ViT-S/14
+architecture at 224 px (16 x 16 patches and one CLS token, no registers) in place of
+DeiT-S, the floor then being that same plain timm model; the weights stay random (speed does
+not depend on them).
+
     python benchmarks/bench_inference.py [--fp32] [--modes] [--accuracy] [--quick]
         [--batches 1 32] [--repeats 3] [--demo /tmp/dd] [--device cpu|cuda] [--profile]
 """
@@ -39,15 +44,26 @@ TARGET_BF16 = 1.8
 TARGET_LIGHT = 3.0
 
 
-def reference_model(generator: str = "unet"):
-    """DeiT-S + 1000-way LFDM classifier (12 blocks) + reference UNet (or light) generator."""
+BACKBONE_KWARGS = {"vit_small_patch14_dinov2": {"img_size": 224}}
+
+
+def plain_vit(name: str) -> nn.Module:
+    """The plain timm model of the floor (with its classification head), random weights."""
+    import timm
+
+    return timm.create_model(name, pretrained=False, **BACKBONE_KWARGS.get(name, {})).eval()
+
+
+def reference_model(generator: str = "unet", backbone: str = "deit_small_patch16_224"):
+    """DeiT-S (or ``backbone``) + 1000-way LFDM classifier (12 blocks) + reference UNet (or
+    light) generator."""
     from locloc.models.backbone import build_backbone
     from locloc.models.classifier import LFDMClassifier
     from locloc.models.generator import build_generator
     from locloc.models.pipeline import LocLocModel
 
     torch.manual_seed(0)
-    bb = build_backbone("deit_small_patch16_224", None)
+    bb = build_backbone(backbone, None, **BACKBONE_KWARGS.get(backbone, {}))
     cls = LFDMClassifier(1000, embed_dim=bb.embed_dim, num_heads=bb.num_heads, grid_size=bb.grid_size)
     return LocLocModel(bb, cls, build_generator(generator, bb.embed_dim)).eval()
 
@@ -122,12 +138,11 @@ def fused_attention(model: nn.Module) -> tuple[int, int]:
 
 
 def section_fp32(args: argparse.Namespace, device: torch.device) -> None:
-    import timm
-
     from locloc.models.backbone import patch_map
 
-    model = reference_model().to(device)
-    deit = timm.create_model("deit_small_patch16_224", pretrained=False).eval().to(device)
+    model = reference_model(backbone=args.backbone).to(device)
+    deit = plain_vit(args.backbone).to(device)
+    short = "DeiT-S" if args.backbone == "deit_small_patch16_224" else args.backbone
     x1 = torch.randn(1, 3, 224, 224, device=device)
     f_pipe = count_flops(lambda: model(x1))
     f_deit = count_flops(lambda: deit(x1))
@@ -142,11 +157,11 @@ def section_fp32(args: argparse.Namespace, device: torch.device) -> None:
     ratio = f_pipe / f_deit
     print(f"FLOPs per 224x224 image: pipeline {f_pipe / 1e9:.2f} G = "
           + " + ".join(f"{k} {v / 1e9:.2f}" for k, v in parts.items())
-          + f"; plain timm DeiT-S {f_deit / 1e9:.2f} G; ratio {ratio:.3f}")
+          + f"; plain timm {short} {f_deit / 1e9:.2f} G; ratio {ratio:.3f}")
     fused, total = fused_attention(model)
     print(f"fused attention (SDPA): {fused}/{total} attention modules; "
           f"host round trips in one forward: {host_round_trips(model, x1)}; inference_mode: yes")
-    print(f"{'batch':>5}  {'DeiT-S img/s':>12}  {'floor img/s':>11}  {'pipeline img/s':>14}  {'of floor':>8}")
+    print(f"{'batch':>5}  {'plain img/s':>12}  {'floor img/s':>11}  {'pipeline img/s':>14}  {'of floor':>8}")
     results = {}
     for b in args.batches:
         x = torch.randn(b, 3, 224, 224, device=device)
@@ -188,8 +203,8 @@ def section_modes(args: argparse.Namespace, device: torch.device) -> None:
     from locloc.models.generator import LightGenerator, UNetGenerator
 
     b = max(args.batches)
-    model = reference_model().to(device)
-    light = reference_model("light").to(device)
+    model = reference_model(backbone=args.backbone).to(device)
+    light = reference_model("light", args.backbone).to(device)
     x = torch.randn(b, 3, 224, 224, device=device)
     bf16 = torch.bfloat16
     fns = {
@@ -341,6 +356,8 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=None, help="generator epochs (default 8, --quick 2)")
     p.add_argument("--demo", default="/tmp/dd", help="a `locloc demo` output directory")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--backbone", default="deit_small_patch16_224", choices=("deit_small_patch16_224",
+                   "vit_small_patch14_dinov2"), help="backbone architecture of --fp32 / --modes (random weights)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--profile", action="store_true", help="print the torch.profiler op table")
     args = p.parse_args()

@@ -174,3 +174,23 @@ def test_evaluate_reports_the_models_own_threshold(wsol_synthetic, tmp_path, cap
     row = next(r for r in m["per_threshold"] if r["threshold"] == 0.35)
     assert m["at_model_threshold"] == {**row, "chosen_on": "heldout"}
     assert "at the model's own threshold 0.35 (chosen during training on held-out training images)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("given, expected", [(None, 0), (1, 1)])
+def test_evaluate_on_cpu_loads_in_process_unless_told(wsol_synthetic, monkeypatch, given, expected):
+    """Default on CPU: no loader processes (they take cores from the networks' threads);
+    an explicit --workers is kept."""
+    from locloc.engine import evaluate as ev
+
+    seen = []
+    real = ev.evaluate_samples
+
+    def spy(*a, **kw):
+        seen.append(kw["workers"])
+        return real(*a, **kw)
+
+    monkeypatch.setattr(ev, "evaluate_samples", spy)
+    argv = ["evaluate", "--data-path", str(wsol_synthetic["cub"]), "--model-dir", str(wsol_synthetic["model"]),
+            "--device", "cpu", "--limit", "4"] + ([] if given is None else ["--workers", str(given)])
+    assert main(argv) == 0
+    assert seen and set(seen) == {expected}

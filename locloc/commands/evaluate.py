@@ -31,7 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--thresholds", type=float, nargs="+", default=None,
                    help="box thresholds (default: the model's sweep, else the reference's for the data set)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=2, help="data-loading processes")
+    p.add_argument("--workers", type=int, default=None,
+                   help="data-loading processes (default: 0 on CPU, where they would take cores from the "
+                        "networks, 2 on CUDA)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when present)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (fast mode; not bit-exact)")
     p.add_argument("--boxes-only", action="store_true",

@@ -150,7 +150,10 @@ class EvalConfig:
     out: str | None = None  # metrics.json + per_image.csv (+ eval_config.yaml)
     thresholds: list[float] | None = None  # None: the model's sweep, else the reference's
     batch_size: int = 32
-    workers: int = 2
+    # data-loading processes; None: 0 on CPU (decoding is a few % of a CPU pass, and loader
+    # processes take cores from the networks' threads: 0.87 -> 0.97 of the FLOP floor on 2
+    # cores, benchmarks/bench_evaluate.py), 2 on CUDA
+    workers: int | None = None
     device: str | None = None
     bf16: bool = False
     boxes_only: bool = False

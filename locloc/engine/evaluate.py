@@ -334,19 +334,20 @@ def evaluate(cfg: EvalConfig, *, progress: bool = True, log: Callable[[str], Non
         raise ConfigError(f"--threshold-split {split} is the evaluated split itself; choose another (e.g. val)")
     if cfg.limit:
         samples = samples[: cfg.limit]
+    device = select_device(cfg.device)
+    workers = cfg.workers if cfg.workers is not None else (0 if device.type == "cpu" else 2)
     skipped: list[str] = []
     if cfg.skip_bad:
-        samples, skipped = check_images(samples, workers=max(1, cfg.workers))
+        samples, skipped = check_images(samples, workers=max(1, workers))
         if not samples:
             raise DataError(f"{cfg.data_path}: no readable images in split {split!r} ({skipped_message(skipped)})")
     model, config = load_eval_model(cfg)
     transform = eval_transform_for(config, getattr(model.backbone, "img_size", (224, 224))[0], cfg.box_mapping)
     thresholds = cfg.thresholds or default_thresholds(config, data.name)
     class_names = config.get("class_names") or data.classes
-    device = select_device(cfg.device)
     common = dict(
         transform=transform, thresholds=thresholds, device=device, batch_size=cfg.batch_size,
-        workers=cfg.workers, first_box_only=cfg.first_box_only, progress=progress,
+        workers=workers, first_box_only=cfg.first_box_only, progress=progress,
         amp_dtype=torch.bfloat16 if cfg.bf16 else None, metric_workers=cfg.metric_workers,
     )
     chosen = None
