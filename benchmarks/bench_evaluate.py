@@ -19,7 +19,7 @@ the passes, best of ``--rounds``). Beside each pass: the data path alone (decode
 the loader as evaluate builds it), the networks alone on preloaded batches, and the box sweep
 alone on the pass's maps, per image.
 
-    python benchmarks/bench_evaluate.py [--n 96] [--batch 32] [--rounds 2] [--workers 1]
+    python benchmarks/bench_evaluate.py [--n 96] [--batch 32] [--rounds 2] [--workers 0]
         [--backbones deit vits14] [--no-bf16] [--maps smooth|model]
 """
 
@@ -120,7 +120,8 @@ def main() -> int:
     p.add_argument("--n", type=int, default=96, help="images per pass")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--rounds", type=int, default=2, help="best of N, passes and floor interleaved")
-    p.add_argument("--workers", type=int, default=1, help="data-loading worker processes of evaluate")
+    p.add_argument("--workers", type=int, default=0,
+                   help="data-loading worker processes of evaluate (0: its default on CPU)")
     p.add_argument("--backbones", nargs="+", choices=sorted(BACKBONES), default=["deit", "vits14"])
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="fp32 only")
     p.add_argument("--maps", choices=("smooth", "model"), default="smooth",
