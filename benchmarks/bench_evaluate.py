@@ -88,14 +88,15 @@ def smooth_maps(n: int, size: int = 224, seed: int = 0) -> torch.Tensor:
 
 
 class _SmoothOutput(torch.nn.Module):
-    """Runs the generator, then returns smooth maps of its output's shape (see the module doc)."""
+    """Runs the generator, then returns smooth maps of its output's shape (see the module doc);
+    the generator's own output of the last call stays in ``last``."""
 
     def __init__(self, generator: torch.nn.Module, pool: torch.Tensor) -> None:
         super().__init__()
-        self.generator, self.pool, self.k = generator, pool, 0
+        self.generator, self.pool, self.k, self.last = generator, pool, 0, None
 
     def forward(self, feat: torch.Tensor) -> torch.Tensor:
-        m = self.generator(feat)
+        m = self.last = self.generator(feat)
         if self.pool.shape[-2:] != m.shape[-2:]:
             self.pool = torch.nn.functional.interpolate(self.pool, size=m.shape[-2:], mode="bilinear")
         idx = (torch.arange(m.shape[0]) + self.k) % len(self.pool)
@@ -128,11 +129,13 @@ def main() -> int:
                    help="box sweep on smooth stand-in maps (default) or on the random model's noise maps")
     args = p.parse_args()
 
+    from torch.utils.data import DataLoader
+
+    from locloc.data.datasets import WSOLDataset, collate_wsol, nan_padded_to_list
     from locloc.data.transforms import EvalTransform
     from locloc.engine.evaluate import CUB_THRESHOLDS, evaluate_samples
     from locloc.engine.precision import cpu_bf16_native as native_bf16
     from locloc.metrics.accumulators import LocalizationAccumulator, MaxBoxAccV2Accumulator
-    from locloc.models.backbone import patch_map
 
     bf16 = args.bf16 and native_bf16()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
@@ -164,14 +167,9 @@ def main() -> int:
                     best[f"plain {tag}"] = min(best.get(f"plain {tag}", 1e9), time.perf_counter() - t0)
                     t0 = time.perf_counter()
                     evaluate_samples(model, samples, transform=tf, thresholds=CUB_THRESHOLDS,
-                                           batch_size=args.batch, workers=args.workers, amp_dtype=amp,
-                                           progress=False)
+                                     batch_size=args.batch, workers=args.workers, amp_dtype=amp, progress=False)
                     best[f"pass {tag}"] = min(best.get(f"pass {tag}", 1e9), time.perf_counter() - t0)
             # where the time goes (fp32): data path, networks, box sweep, each alone
-            from torch.utils.data import DataLoader
-
-            from locloc.data.datasets import WSOLDataset, collate_wsol
-
             loader = DataLoader(WSOLDataset(samples, tf), batch_size=args.batch, num_workers=args.workers,
                                 collate_fn=collate_wsol)
             n = args.n
@@ -179,15 +177,15 @@ def main() -> int:
             batches = list(loader)
             t_data = time.perf_counter() - t0
             t0 = time.perf_counter()
+            maps, raw = [], []
             with torch.inference_mode():
-                maps = [model(b["image"])["maps"].float()[:, 0].numpy() for b in batches]
+                for b in batches:
+                    maps.append(model(b["image"])["maps"].float()[:, 0].numpy())
+                    if args.maps == "smooth":  # the random generator's own noise maps, for the other timing
+                        raw.append(model.generator.last.float()[:, 0].numpy())
             t_net = time.perf_counter() - t0
-            if args.maps == "smooth":  # the noise maps of the random generator, for the other timing
-                with torch.inference_mode():
-                    noise = [model.generator.generator(patch_map(model.backbone(b["image"]).patch_tokens,
-                                                                 model.backbone.grid_size)).float()[:, 0].numpy()
-                             for b in batches]
-                smooth = maps
+            if args.maps == "smooth":
+                noise, smooth = raw, maps
             else:
                 side = maps[0].shape[-2:]
                 small = torch.nn.functional.interpolate(pool, size=side, mode="bilinear")[:, 0].numpy()
@@ -198,8 +196,7 @@ def main() -> int:
                 loc = LocalizationAccumulator(list(CUB_THRESHOLDS), size=224, maxboxacc_v2=mba)
                 t0 = time.perf_counter()
                 for b, m in zip(batches, ms):
-                    gts = [g[~np.isnan(g).any(1)] for g in b["boxes"].numpy()]
-                    loc.update(m, gts, None, b["label"].numpy())
+                    loc.update(m, nan_padded_to_list(b["boxes"]), None, b["label"].numpy())
                 dt = time.perf_counter() - t0
                 loc.close()
                 return dt

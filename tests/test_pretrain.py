@@ -140,11 +140,11 @@ def test_init_weights_of_another_backbone_are_refused(tmp_path: Path) -> None:
     other = tmp_path / "other.safetensors"
     save_file({"blocks.0.attn.qkv.weight": torch.zeros(3, 3)}, str(other))
     cfg = PretrainConfig(backbone_kwargs=dict(TINY), epochs=1, batch_size=3, workers=0, init_weights=str(other))
-    with pytest.raises(CheckpointError, match="does not fit"):
+    with pytest.raises(CheckpointError, match="other.safetensors: cannot load as backbone"):
         pretrain_backbone(_items(), _items(), 2, cfg, tmp_path / "x", progress=False, log=lambda m: None)
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"not a safetensors file")
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(CheckpointError, match="junk.safetensors: not a readable safetensors"):
         pretrain_backbone(_items(), _items(), 2, PretrainConfig(backbone_kwargs=dict(TINY), epochs=1, batch_size=3,
                           workers=0, init_weights=str(junk)), tmp_path / "y", progress=False, log=lambda m: None)
 

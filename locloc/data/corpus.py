@@ -144,7 +144,8 @@ def _corpus_background(rng: np.random.Generator, size: int, clutter: float = 1.0
         pts = np.cumsum(rng.normal(0, size * 0.08, (6, 2)), 0) + rng.uniform(0, size, 2)
         cv2.polylines(img, [pts.astype(np.int32)], False, tuple(float(x) for x in rng.uniform(0, 255, 3)), 1,
                       cv2.LINE_AA)
-    for _ in range(int(rng.uniform() < 0.5) if clutter == 1.0 else int(rng.poisson(0.5 * clutter))):  # tiled
+    # tiled patches: one with probability 1/2 at clutter 1 (the shipped corpus's draw), Poisson(clutter / 2) else
+    for _ in range(int(rng.uniform() < 0.5) if clutter == 1.0 else int(rng.poisson(0.5 * clutter))):
         s = int(rng.uniform(0.15, 0.35) * size)
         x0, y0 = (int(v) for v in rng.integers(0, size - s, 2))
         k = int(rng.integers(3, 7))

@@ -134,24 +134,12 @@ def _objectness_loss(att: torch.Tensor, masks: torch.Tensor, grid: tuple[int, in
 
 
 def _load_init(vit: nn.Module, path: str | Path) -> None:
-    """Load backbone weights (no head) into ``vit``; every non-head key must match."""
-    from safetensors.torch import load_file
+    """Load backbone weights (no head) into ``vit`` strictly; its own new head is kept."""
+    from ..models.weights import load_state_dict_file, load_strict
 
-    from ..errors import CheckpointError
-
-    try:
-        sd = load_file(str(path))
-    except Exception as e:  # noqa: BLE001 - safetensors raises several kinds
-        raise CheckpointError(f"{path}: cannot read as safetensors ({e}); pass a backbone.safetensors") from None
-    own = vit.state_dict()
-    wrong = [k for k, v in sd.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    missing = [k for k in own if k not in sd and not k.startswith("head.")]
-    unexpected = [k for k in sd if k not in own]
-    if wrong or missing or unexpected:
-        raise CheckpointError(f"{path}: does not fit {type(vit).__name__} (wrong shapes {wrong[:3]}, "
-                              f"missing {missing[:3]}, unexpected {unexpected[:3]}); pass weights of the "
-                              "same backbone")
-    vit.load_state_dict(sd, strict=False)
+    sd = {k: v for k, v in load_state_dict_file(path).items() if not k.startswith("head.")}
+    sd.update({k: v for k, v in vit.state_dict().items() if k.startswith("head.")})
+    load_strict(vit, sd, "backbone to fine-tune", path)
 
 
 def pretrain_backbone(
