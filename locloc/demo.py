@@ -61,6 +61,8 @@ class DemoRecipe:
     classifier_epochs: int = 9
     classifier_lr: float = 5e-4
     classifier_depth: int | None = None  # backbone blocks the classifier copies (None: all)
+    classifier_frozen_blocks: int = 0  # of those, the first N stay fixed (train: the rest + head)
+    amp: str = "auto"  # stages 2-3: "bf16" autocast on a CPU with native bf16 (auto: fp32 on CPU)
     batch_size: int = 32
     thresholds: tuple[float, ...] = THRESHOLDS
 
@@ -192,7 +194,7 @@ def run_demo(
     common = dict(data_path=str(data_root), backbone=recipe.backbone, backbone_kwargs=dict(recipe.backbone_kwargs),
                   weights=str(weights), masks=str(store.root), batch_size=recipe.batch_size,
                   workers=0, device=device, seed=seed, val_split="heldout",
-                  heldout_per_class=recipe.heldout_per_class)
+                  heldout_per_class=recipe.heldout_per_class, amp=recipe.amp)
     gen_out = out / "generator"
     gcfg = GeneratorTrainConfig(out=str(gen_out), epochs=recipe.generator_epochs, lr=recipe.generator_lr,
                                 generator=recipe.generator, cache_views=recipe.cache_views, sched="cosine",
@@ -204,7 +206,8 @@ def run_demo(
     cls_out = out / "classifier"
     ccfg = ClassifierTrainConfig(out=str(cls_out), epochs=recipe.classifier_epochs, lr=recipe.classifier_lr,
                                  warmup_epochs=1, generator_dir=str(gen_out / "model"),
-                                 classifier_depth=recipe.classifier_depth, **common)
+                                 classifier_depth=recipe.classifier_depth,
+                                 frozen_blocks=recipe.classifier_frozen_blocks, **common)
     csum = timer.run("classifier", lambda: train_classifier(
         ccfg, resume="auto", log=_log, progress=progress))
     model_dir = Path(csum["model_dir"])

@@ -87,3 +87,23 @@ def test_trains():
     loss = F.cross_entropy(clf(_tokens(4)), torch.tensor([0, 1, 2, 0]))
     loss.backward()
     assert clf.conv.weight.grad is not None and clf.blocks_mini[0].attn.qkv.weight.grad is not None
+
+
+def test_frozen_blocks_get_no_gradient_and_keep_the_outputs():
+    clf = _tiny(depth=3)
+    tokens = _tokens(4)
+    with torch.no_grad():
+        before = clf(tokens)
+    clf.freeze_blocks(2)
+    with torch.no_grad():
+        torch.testing.assert_close(clf(tokens), before)  # freezing changes training, not the function
+    F.cross_entropy(clf(tokens), torch.tensor([0, 1, 2, 3])).backward()
+    assert all(p.grad is None and not p.requires_grad for p in clf.blocks_mini[:2].parameters())
+    assert all(p.grad is not None for p in clf.blocks_mini[2].parameters())
+    assert clf.conv.weight.grad is not None
+    assert "frozen_blocks" not in clf.config  # a training setting: the saved model is the same architecture
+    clf.freeze_blocks(0)
+    assert all(p.requires_grad for p in clf.parameters())
+    for k in (-1, 3):
+        with pytest.raises(ValueError, match="freeze 0..2 of its 3 blocks"):
+            clf.freeze_blocks(k)

@@ -292,6 +292,31 @@ def test_train_classifier_merges_generator(tiny, tmp_path):
         train_classifier(bad, progress=False)
 
 
+def test_train_classifier_frozen_blocks_stay_at_the_backbone(tiny, tmp_path):
+    from safetensors.torch import load_file
+
+    from locloc.engine.train_classifier import train_classifier
+    from locloc.models.backbone import build_backbone
+
+    torch.set_num_threads(1)
+    data, masks = tiny
+    logs: list[str] = []
+    cfg = stage_config("classifier", data, masks, tmp_path / "c", epochs=1, classifier_depth=2, frozen_blocks=1)
+    out = train_classifier(cfg, progress=False, log=logs.append)
+    sd = load_file(out["classifier"])
+    torch.manual_seed(cfg.seed)  # the stage's seeded random backbone, rebuilt
+    bb = build_backbone(cfg.backbone, **cfg.backbone_kwargs)
+    for k, v in bb.vit.blocks[0].state_dict().items():
+        torch.testing.assert_close(sd[f"blocks_mini.0.{k}"], v)  # frozen: exactly the backbone's block
+    assert any(not torch.equal(sd[f"blocks_mini.1.{k}"], v) for k, v in bb.vit.blocks[1].state_dict().items())
+    total = sum(v.numel() for k, v in sd.items() if "running_" not in k and "num_batches" not in k)
+    frozen = sum(p.numel() for p in bb.vit.blocks[0].parameters())
+    assert any(f"training {total - frozen:,} parameters" in m for m in logs), logs
+    with pytest.raises(ConfigError, match=r"frozen_blocks must be in 0\.\.1"):
+        train_classifier(stage_config("classifier", data, masks, tmp_path / "bad", classifier_depth=2,
+                                      frozen_blocks=2), progress=False)
+
+
 def test_cli_train_generator(tiny, tmp_path):
     from locloc.cli import main
 

@@ -30,6 +30,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help='extra timm arguments, e.g. \'{"img_size": 224}\'')
     p.add_argument("--classifier-depth", type=int, default=None, metavar="N",
                    help="backbone blocks the LFDM classifier copies (default: all; fewer is faster on CPU)")
+    p.add_argument("--frozen-blocks", type=int, default=None, metavar="K",
+                   help="keep the classifier's first K copied blocks fixed, train the rest + head "
+                        "(default 0; a deep real backbone on a CPU)")
+    p.add_argument("--amp", choices=("auto", "bf16", "off"), default=None,
+                   help="stages 2-3 precision: bf16 autocast needs a CPU with native bf16 or CUDA "
+                        "(default auto: fp32 on CPU)")
     p.add_argument("--pretrain-backbone", action="store_true",
                    help="train a small ViT on the data set's labels first (today's pre-0.2 path)")
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda when present)")
@@ -66,6 +72,10 @@ def run(args: argparse.Namespace) -> int:
         changes["backbone_kwargs"] = kw
     if args.classifier_depth is not None:
         changes["classifier_depth"] = args.classifier_depth
+    if args.frozen_blocks is not None:
+        changes["classifier_frozen_blocks"] = args.frozen_blocks
+    if args.amp is not None:
+        changes["amp"] = args.amp
     recipe = dataclasses.replace(recipe, **changes)
     metrics = run_demo(args.out, seed=args.seed, quick=args.quick, data_path=args.data_path,
                        recipe=recipe, device=args.device, progress=not args.no_progress)

@@ -26,6 +26,9 @@ _EXTRA = [
     ("--classifier-depth", "classifier_depth", dict(type=int, metavar="N",
                                                     help="copy only the backbone's first N blocks (default: all; "
                                                          "fewer is faster on a CPU)")),
+    ("--frozen-blocks", "frozen_blocks", dict(type=int, metavar="K",
+                                              help="keep the first K copied blocks at the backbone's weights and "
+                                                   "train only the rest + head (default 0; a deep backbone on a CPU)")),
 ]
 
 

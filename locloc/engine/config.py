@@ -104,6 +104,7 @@ class ClassifierTrainConfig(TrainConfig):
     masked_size: int = 256  # images and masks are resized to this square before masking
     generator_dir: str | None = None  # a generator model dir to merge into the output model
     classifier_depth: int | None = None  # blocks copied from the backbone (None: all of them)
+    frozen_blocks: int = 0  # of those, the first N stay at the backbone's weights (trained: the rest + head)
 
 
 @dataclass
@@ -179,7 +180,7 @@ _POSITIVE = {"epochs", "batch_size", "val_every", "checkpoint_every", "iteration
 _POSITIVE_OPT = {"steps_per_epoch", "crop_size", "resize_size", "masked_size", "classifier_depth", "limit"}
 _NON_NEGATIVE = {
     "base_lr", "lr", "min_lr", "warmup_lr", "warmup_epochs", "weight_decay", "clip_grad",
-    "workers", "cache_views", "label_smoothing", "color_jitter", "heldout_per_class", "work_size",
+    "workers", "cache_views", "frozen_blocks", "label_smoothing", "color_jitter", "heldout_per_class", "work_size",
 }
 _CHOICES = {
     "amp": ("auto", "bf16", "fp16", "off"),

@@ -94,20 +94,26 @@ class LocalGuideSet(Dataset):
         return {"image": self.transform(img), "label": int(s.label)}
 
 
-def build_classifier(backbone: FrozenViT, num_classes: int, depth: int | None = None) -> nn.Module:
+def build_classifier(backbone: FrozenViT, num_classes: int, depth: int | None = None,
+                     frozen: int = 0) -> nn.Module:
     """An LFDM classifier sized like ``backbone`` (heads, width, MLP ratio, grid, layer scale)
-    with its first ``depth`` blocks (default: all) and its norm copied from the backbone's."""
+    with its first ``depth`` blocks (default: all) and its norm copied from the backbone's;
+    the first ``frozen`` of those blocks are kept fixed (see ``LFDMClassifier.freeze_blocks``)."""
     from ..models.classifier import LFDMClassifier
 
     vit = backbone.vit
     blk = vit.blocks[0]
     if depth is not None and not 1 <= depth <= len(vit.blocks):
         raise ConfigError(f"classifier_depth must be in 1..{len(vit.blocks)} for this backbone, got {depth}")
+    n_blocks = depth or len(vit.blocks)
+    if not 0 <= frozen < n_blocks:
+        raise ConfigError(f"frozen_blocks must be in 0..{n_blocks - 1} (the classifier has {n_blocks} blocks "
+                          f"and at least one must train), got {frozen}")
     gamma = getattr(getattr(blk, "ls1", None), "gamma", None)
     clf = LFDMClassifier(
         num_classes=num_classes,
         embed_dim=backbone.embed_dim,
-        depth=depth or len(vit.blocks),
+        depth=n_blocks,
         num_heads=backbone.num_heads,
         mlp_ratio=blk.mlp.fc1.out_features / backbone.embed_dim,
         grid_size=backbone.grid_size,
@@ -116,6 +122,8 @@ def build_classifier(backbone: FrozenViT, num_classes: int, depth: int | None = 
         init_values=None if gamma is None else 1.0,  # placeholder: the backbone's gammas are copied
     )
     clf.init_from_backbone(backbone)
+    if frozen:
+        clf.freeze_blocks(frozen)
     return clf
 
 
@@ -255,7 +263,7 @@ def train_classifier(
                               cfg.local_guide, cfg.guide_beta)
     num_classes = setup.dataset.num_classes
     torch.manual_seed(cfg.seed)
-    classifier = build_classifier(bb, num_classes, cfg.classifier_depth)
+    classifier = build_classifier(bb, num_classes, cfg.classifier_depth, cfg.frozen_blocks)
     smoothing = cfg.label_smoothing
 
     def step(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

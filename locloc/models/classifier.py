@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING
 
+import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
@@ -60,6 +61,7 @@ class LFDMClassifier(nn.Module):
             for i in range(depth)
         ])
         self.norm_mini = norm(embed_dim)
+        self.frozen_blocks = 0  # a training-time setting (see freeze_blocks), not part of the config
         self.conv = nn.Conv2d(embed_dim, embed_dim, 3, padding=1)
         self.classifier = nn.Sequential(
             nn.Conv2d(embed_dim, num_classes, 3, padding=1, bias=False),
@@ -69,7 +71,11 @@ class LFDMClassifier(nn.Module):
 
     def forward_cams(self, tokens: Tensor) -> Tensor:
         """Token embedding ``B x (P+N) x D`` -> class activation maps ``B x C x gh x gw`` (>= 0)."""
-        x = self.norm_mini(self.blocks_mini(tokens))[:, self.num_prefix_tokens :]
+        k = self.frozen_blocks
+        if k:
+            with torch.no_grad():  # no activations kept for the frozen prefix
+                tokens = self.blocks_mini[:k](tokens)
+        x = self.norm_mini(self.blocks_mini[k:](tokens))[:, self.num_prefix_tokens :]
         B, N, D = x.shape
         gh, gw = self.grid_size
         if N != gh * gw:
@@ -81,6 +87,19 @@ class LFDMClassifier(nn.Module):
         """Token embedding ``B x (P+N) x D`` -> logits ``B x C``."""
         cams = F.avg_pool2d(self.forward_cams(tokens), 3, stride=1, padding=1, count_include_pad=True)
         return cams.mean(2).mean(2)
+
+    def freeze_blocks(self, k: int) -> None:
+        """Keep the first ``k`` blocks fixed (no gradients, run under ``no_grad``); ``0`` undoes it.
+
+        With the blocks copied from a frozen backbone this trains only the last blocks and the
+        head: the same model at inference, a fraction of the training cost for a deep backbone.
+        """
+        depth = len(self.blocks_mini)
+        if not 0 <= k < depth:
+            raise ValueError(f"LFDMClassifier: can freeze 0..{depth - 1} of its {depth} blocks, got {k}")
+        for i, blk in enumerate(self.blocks_mini):
+            blk.requires_grad_(i >= k)
+        self.frozen_blocks = int(k)
 
     def init_from_backbone(self, backbone: FrozenViT) -> None:
         """Copy the backbone's first ``depth`` blocks and its final norm (blocks -> blocks_mini,
