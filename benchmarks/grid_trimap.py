@@ -40,7 +40,10 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=5)
     ap.add_argument("--attention-blocks", type=int, nargs="+", default=None,
                     help="blocks whose CLS attention is averaged (default: the backbone family's)")
+    ap.add_argument("--rules", nargs="+", default=None, metavar="FG/BG/MID",
+                    help="trimap rules to try instead of the built-in grid, e.g. 0.6/0/0.03 0.5/0/0.2")
     args = ap.parse_args()
+    grid = [tuple(float(v) for v in r.split("/")) for r in args.rules] if args.rules else GRID
 
     data = load_dataset(args.data_path)
     samples = data.split(args.split)
@@ -67,7 +70,7 @@ def main() -> None:
         t0 = time.perf_counter()
         r = score(lambda im, a, t=t: attention_mask(a, im.shape[:2], t))
         print(f"{f'thresholded attention {t}':34} {r[0]:11.3f} {r[1]:8.3f} {r[2] or float('nan'):9.3f} {time.perf_counter() - t0:6.1f}")
-    for fg, bg, mid in GRID:
+    for fg, bg, mid in grid:
         m = GrabCutMasker(TrimapConfig(fg_frac=fg, bg_frac=bg, mid_frac=mid), iterations=args.iterations)
         t0 = time.perf_counter()
         r = score(m.generate)

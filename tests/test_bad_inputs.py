@@ -724,6 +724,16 @@ def _(e):
     return masks(e, "--import-h5", str(e.tmp / "masks.h5"), "--split", "test"), ("masks.h5",)
 
 
+@case("masks-trimap-mid-outside-the-cuts")
+def _(e):
+    return masks(e, "--fg", "0.5", "--bg", "0.1", "--mid", "0.8"), ("mid_frac=0.8", "[bg_frac, fg_frac]")
+
+
+@case("masks-trimap-mid-not-a-fraction")
+def _(e):
+    return masks(e, "--mid", "1.5"), ("mid",)
+
+
 @case("masks-out-is-a-file")
 def _(e):
     (e.tmp / "store").write_text("a file")

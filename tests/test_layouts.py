@@ -292,7 +292,14 @@ def test_stage1_defaults_travel_in_the_weights_metadata(tmp_path):
     t = trimap_for(bb, fg_frac=0.5, bg_frac=None)  # a user's cut: the library's mid rule between the cuts
     assert (t.fg_frac, t.bg_frac) == (0.5, 0.1) and t.mid == pytest.approx(0.1 + 0.4 / 20)
     plain = build_backbone(V2, None, **TINY)
-    assert plain.attention_blocks == (-2, -1) and trimap_for(plain) == TrimapConfig()
+    assert plain.attention_blocks == (-2, -1)
+    assert trimap_for(plain) == TrimapConfig(fg_frac=0.6, bg_frac=0.02, mid_frac=0.03)  # the DINOv2 family's cuts
+    t = trimap_for(plain, bg_frac=0.0)  # a user's cut drops the family's mid for the library's rule
+    assert (t.fg_frac, t.bg_frac) == (0.6, 0.0) and t.mid == pytest.approx(0.6 / 20)
+    t = trimap_for(plain, fg_frac=0.5, bg_frac=0.0, mid_frac=0.2)
+    assert (t.fg_frac, t.bg_frac, t.mid) == (0.5, 0.0, 0.2)
+    deit = build_backbone("deit_small_patch16_224", None, img_size=32, depth=1, embed_dim=48, num_heads=3)
+    assert trimap_for(deit) == TrimapConfig()  # other families: the library's cuts
     bad = tmp_path / "bad.safetensors"
     save_file(dict(src.vit.state_dict()), str(bad), metadata={"locloc.stage1": "{not json"})
     with pytest.raises(CheckpointError, match="locloc.stage1"):

@@ -37,8 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work-size", type=int, default=256,
                    help="GrabCut working resolution (longer side, px); 0 = full resolution")
     p.add_argument("--fg", type=float, default=None,
-                   help="trimap sure-foreground cut (default: the weights file's, else the library's)")
-    p.add_argument("--bg", type=float, default=None, help="trimap sure-background cut (library default)")
+                   help="trimap sure-foreground cut, a fraction of the normalised attention (default: the "
+                        "weights file's, else the backbone family's, else the library's 0.6)")
+    p.add_argument("--bg", type=float, default=None, help="trimap sure-background cut (same defaults)")
+    p.add_argument("--mid", type=float, default=None,
+                   help="trimap probable-foreground cut between bg and fg (default: with --fg/--bg given, "
+                        "bg + (fg - bg) / 20)")
     p.add_argument("--border", type=float, default=None, help="trimap border band, fraction of the shorter side")
     p.add_argument("--seed", type=int, default=0, help="cv2 RNG seed for GrabCut")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
@@ -66,7 +70,7 @@ def config_from_args(args: argparse.Namespace):
         if not isinstance(kwargs, dict):
             raise ConfigError("--backbone-kwargs must be a JSON object")
     keys = ("data_path", "split", "out", "backbone", "weights", "attention_blocks", "allow_random_backbone",
-            "workers", "shard", "batch_size", "iterations", "work_size", "fg", "bg", "border", "seed",
+            "workers", "shard", "batch_size", "iterations", "work_size", "fg", "bg", "mid", "border", "seed",
             "device", "report", "hdf5", "import_h5", "skip_bad")
     values = {k: getattr(args, k) for k in keys}
     values["backbone_kwargs"] = kwargs

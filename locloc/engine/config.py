@@ -124,8 +124,9 @@ class MaskConfig:
     batch_size: int = 32  # backbone batch
     iterations: int = 5  # GrabCut iterations
     work_size: int = 256  # GrabCut working resolution (longer side); 0 = full resolution
-    fg: float | None = None  # trimap cuts; None: the weights file's, else the library's
+    fg: float | None = None  # trimap cuts; None: the weights file's, else the family's, else the library's
     bg: float | None = None
+    mid: float | None = None  # probable-fg cut (None: with fg/bg given, bg + (fg - bg) / 20)
     border: float | None = None
     seed: int = 0
     device: str | None = None  # None: CUDA when available
@@ -262,7 +263,7 @@ def _validate_value(name: str, value: Any) -> None:
         raise ValueError(f"must be a non-empty list of numbers in [0, 1], got {value}")
     if name == "thresholds" and (not value or any(not 0.0 <= t < 1.0 for t in value)):
         raise ValueError(f"must be a non-empty list of numbers in [0, 1), got {value}")
-    if name in ("fg", "bg", "border") and not 0.0 <= value <= 1.0:
+    if name in ("fg", "bg", "mid", "border") and not 0.0 <= value <= 1.0:
         raise ValueError(f"must be in [0, 1], got {value}")
 
 

@@ -84,7 +84,7 @@ def generate_masks(
         device = select_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
         backbone = (backbone or build_mask_backbone(cfg)).to(device)
         masker = GrabCutMasker(
-            trimap_for(backbone, fg_frac=cfg.fg, bg_frac=cfg.bg, border_frac=cfg.border),
+            trimap_for(backbone, fg_frac=cfg.fg, bg_frac=cfg.bg, mid_frac=cfg.mid, border_frac=cfg.border),
             iterations=cfg.iterations,
             work_size=cfg.work_size or None,
             seed=cfg.seed,
