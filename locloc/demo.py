@@ -89,6 +89,22 @@ class _Timer:
         return out
 
 
+def _check_classifier_blocks(recipe: DemoRecipe) -> None:
+    """Refuse a classifier depth / frozen-block count the backbone cannot give, up front."""
+    from .errors import ConfigError
+    from .models.backbone import build_backbone
+
+    if recipe.classifier_depth is None and not recipe.classifier_frozen_blocks:
+        return
+    n = len(build_backbone(recipe.backbone, None, **recipe.backbone_kwargs).vit.blocks)
+    depth = recipe.classifier_depth or n
+    if not 1 <= depth <= n:
+        raise ConfigError(f"--classifier-depth must be in 1..{n} for {recipe.backbone}, got {depth}")
+    if not 0 <= recipe.classifier_frozen_blocks < depth:
+        raise ConfigError(f"--frozen-blocks must be in 0..{depth - 1} (the classifier copies {depth} blocks and "
+                          f"at least one must train), got {recipe.classifier_frozen_blocks}")
+
+
 def run_demo(
     out: str | Path = "locloc-demo",
     seed: int = 0,
@@ -103,6 +119,7 @@ def run_demo(
 
     torch.manual_seed(seed)
     recipe = recipe or (DemoRecipe.quick() if quick else DemoRecipe())
+    _check_classifier_blocks(recipe)  # before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timer = _Timer()

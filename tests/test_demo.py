@@ -89,3 +89,16 @@ def test_demo_is_deterministic_for_a_seed(tmp_path):
     masks_a = sorted((tmp_path / "a" / "masks").rglob("*.png"))
     assert masks_a and [p.read_bytes() for p in masks_a] == [
         (tmp_path / "b" / "masks" / p.relative_to(tmp_path / "a" / "masks")).read_bytes() for p in masks_a]
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--frozen-blocks", "4"], "--frozen-blocks must be in 0..3"),  # the embedded ViT has 4 blocks
+    (["--classifier-depth", "2", "--frozen-blocks", "2"], "--frozen-blocks must be in 0..1"),
+    (["--classifier-depth", "9"], "--classifier-depth must be in 1..4"),
+])
+def test_demo_refuses_impossible_classifier_blocks_before_writing(tmp_path, capsys, flags, words):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--no-progress", "--device", "cpu", *flags]) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1
+    assert not out.exists()

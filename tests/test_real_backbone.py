@@ -92,12 +92,14 @@ def test_masks_on_real_photos_beat_raw_attention(vit_s14, photos, tmp_path, caps
     rep = json.loads((out / "report.json").read_text())["splits"]["train"]
     gc, att = rep["grabcut"], rep["attention"]
     assert gc["n_boxes"] == 7
-    # measured: 7/7 at IoU >= 0.5 (mean box IoU 0.75) with the DINOv2 default (last two blocks);
+    # measured: 7/7 at IoU >= 0.5 (mean box IoU 0.75) with the DINOv2 defaults (last two blocks,
+    # trimap 0.6 / 0.02 / 0.03);
     # 6/7 with the last block alone (the rocket); raw attention at 0.5: 0/7
     assert gc["box_acc_50"] >= 6 / 7
     assert gc["mean_box_iou"] > att["mean_box_iou"] + 0.3
     stats = json.loads((out / "run_stats.json").read_text())
     assert stats["attention_blocks"] == [-2, -1]
+    assert stats["masker"]["trimap"]["bg_frac"] == 0.02  # the DINOv2 family's cuts, recorded
 
 
 def test_last_block_alone_misses_the_rocket(vit_s14, photos, tmp_path, capsys):
