@@ -61,7 +61,9 @@ class DemoRecipe:
     classifier_epochs: int = 9
     classifier_lr: float = 5e-4
     classifier_depth: int | None = None  # backbone blocks the classifier copies (None: all)
-    classifier_frozen_blocks: int = 0  # of those, the first N stay fixed (train: the rest + head)
+    # of those, the first N stay fixed (train: the rest + head); None: 0, except for a backbone
+    # given with weights (a real ViT), on a CPU, with no --classifier-depth: all but the last 2
+    classifier_frozen_blocks: int | None = None
     amp: str = "auto"  # stages 2-3: "bf16" autocast on a CPU with native bf16 (auto: fp32 on CPU)
     batch_size: int = 32
     thresholds: tuple[float, ...] = THRESHOLDS
@@ -89,20 +91,31 @@ class _Timer:
         return out
 
 
-def _check_classifier_blocks(recipe: DemoRecipe) -> None:
-    """Refuse a classifier depth / frozen-block count the backbone cannot give, up front."""
+def _resolve_classifier_blocks(recipe: DemoRecipe, device: str | None) -> DemoRecipe:
+    """``recipe`` with its frozen-block count settled; refuses a classifier depth or frozen
+    count the backbone cannot give, before anything is written."""
     from .errors import ConfigError
     from .models.backbone import build_backbone
 
-    if recipe.classifier_depth is None and not recipe.classifier_frozen_blocks:
-        return
+    frozen = recipe.classifier_frozen_blocks
+    auto = (frozen is None and recipe.classifier_depth is None and recipe.weights is not None
+            and not recipe.pretrain_backbone
+            and (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu"))
+    if recipe.classifier_depth is None and not frozen and not auto:
+        return replace(recipe, classifier_frozen_blocks=0)
     n = len(build_backbone(recipe.backbone, None, **recipe.backbone_kwargs).vit.blocks)
     depth = recipe.classifier_depth or n
     if not 1 <= depth <= n:
         raise ConfigError(f"--classifier-depth must be in 1..{n} for {recipe.backbone}, got {depth}")
-    if not 0 <= recipe.classifier_frozen_blocks < depth:
+    if auto:
+        frozen = max(0, depth - 2)
+        _log(f"classifier: on a CPU the LFDM classifier trains the last {depth - frozen} of its {depth} copied blocks "
+             f"+ head (--frozen-blocks 0 trains all of them)")
+    frozen = frozen or 0
+    if not 0 <= frozen < depth:
         raise ConfigError(f"--frozen-blocks must be in 0..{depth - 1} (the classifier copies {depth} blocks and "
-                          f"at least one must train), got {recipe.classifier_frozen_blocks}")
+                          f"at least one must train), got {frozen}")
+    return replace(recipe, classifier_frozen_blocks=frozen)
 
 
 def run_demo(
@@ -119,7 +132,7 @@ def run_demo(
 
     torch.manual_seed(seed)
     recipe = recipe or (DemoRecipe.quick() if quick else DemoRecipe())
-    _check_classifier_blocks(recipe)  # before anything is written
+    recipe = _resolve_classifier_blocks(recipe, device)  # before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timer = _Timer()

@@ -102,3 +102,18 @@ def test_demo_refuses_impossible_classifier_blocks_before_writing(tmp_path, caps
     err = capsys.readouterr().err
     assert words in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_demo_on_a_given_backbone_trains_only_the_last_blocks_on_a_cpu(capsys):
+    from dataclasses import replace
+
+    from locloc.demo import DemoRecipe, _resolve_classifier_blocks
+
+    real = DemoRecipe(backbone="vit_small_patch16_224", backbone_kwargs={"img_size": 32, "depth": 6},
+                      weights="vit.safetensors")  # only the architecture is built: no file is read
+    assert _resolve_classifier_blocks(real, "cpu").classifier_frozen_blocks == 4
+    assert "trains the last 2 of its 6 copied blocks" in capsys.readouterr().out
+    assert _resolve_classifier_blocks(real, "cuda").classifier_frozen_blocks == 0
+    assert _resolve_classifier_blocks(replace(real, classifier_depth=3), "cpu").classifier_frozen_blocks == 0
+    assert _resolve_classifier_blocks(replace(real, classifier_frozen_blocks=1), "cpu").classifier_frozen_blocks == 1
+    assert _resolve_classifier_blocks(DemoRecipe(), "cpu").classifier_frozen_blocks == 0  # the embedded ViT: all train

@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="backbone blocks the LFDM classifier copies (default: all; fewer is faster on CPU)")
     p.add_argument("--frozen-blocks", type=int, default=None, metavar="K",
                    help="keep the classifier's first K copied blocks fixed, train the rest + head "
-                        "(default 0; a deep real backbone on a CPU)")
+                        "(default: with --weights on a CPU all but the last 2, else 0)")
     p.add_argument("--amp", choices=("auto", "bf16", "off"), default=None,
                    help="stages 2-3 precision: bf16 autocast needs a CPU with native bf16 or CUDA "
                         "(default auto: fp32 on CPU)")
