@@ -91,30 +91,31 @@ class _Timer:
         return out
 
 
-def _resolve_classifier_blocks(recipe: DemoRecipe, device: str | None) -> DemoRecipe:
-    """``recipe`` with its frozen-block count settled; refuses a classifier depth or frozen
-    count the backbone cannot give, before anything is written."""
-    from .errors import ConfigError
+def _settle_recipe(recipe: DemoRecipe, device: str | None, synthetic: bool) -> DemoRecipe:
+    """``recipe`` with what depends on a given backbone's architecture settled, before anything
+    is written: the synthetic images' size (at least the backbone's resize size, e.g. 256 px for
+    a 224-px ViT-S) and the classifier's frozen blocks (for a given backbone on a CPU with no
+    depth or count asked for: all but the last 2); an impossible depth or count is refused."""
+    from .engine.train_classifier import check_classifier_blocks
     from .models.backbone import build_backbone
 
+    given = recipe.weights is not None and not recipe.pretrain_backbone
     frozen = recipe.classifier_frozen_blocks
-    auto = (frozen is None and recipe.classifier_depth is None and recipe.weights is not None
-            and not recipe.pretrain_backbone
+    auto = (frozen is None and recipe.classifier_depth is None and given
             and (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu"))
-    if recipe.classifier_depth is None and not frozen and not auto:
+    if not (given and synthetic) and recipe.classifier_depth is None and not frozen and not auto:
         return replace(recipe, classifier_frozen_blocks=0)
-    n = len(build_backbone(recipe.backbone, None, **recipe.backbone_kwargs).vit.blocks)
-    depth = recipe.classifier_depth or n
-    if not 1 <= depth <= n:
-        raise ConfigError(f"--classifier-depth must be in 1..{n} for {recipe.backbone}, got {depth}")
+    arch = build_backbone(recipe.backbone, None, **recipe.backbone_kwargs)  # random init: shapes only
+    if given and synthetic:
+        recipe = replace(recipe, size=max(recipe.size, round(int(arch.img_size[0]) * 256 / 224)))
+    n = len(arch.vit.blocks)
     if auto:
+        depth = recipe.classifier_depth or n
         frozen = max(0, depth - 2)
         _log(f"classifier: on a CPU the LFDM classifier trains the last {depth - frozen} of its {depth} copied blocks "
              f"+ head (--frozen-blocks 0 trains all of them)")
     frozen = frozen or 0
-    if not 0 <= frozen < depth:
-        raise ConfigError(f"--frozen-blocks must be in 0..{depth - 1} (the classifier copies {depth} blocks and "
-                          f"at least one must train), got {frozen}")
+    check_classifier_blocks(n, recipe.classifier_depth, frozen, names=("--classifier-depth", "--frozen-blocks"))
     return replace(recipe, classifier_frozen_blocks=frozen)
 
 
@@ -132,19 +133,13 @@ def run_demo(
 
     torch.manual_seed(seed)
     recipe = recipe or (DemoRecipe.quick() if quick else DemoRecipe())
-    recipe = _resolve_classifier_blocks(recipe, device)  # before anything is written
+    recipe = _settle_recipe(recipe, device, synthetic=data_path is None)  # before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timer = _Timer()
     t_start = time.perf_counter()
 
     # -- data -----------------------------------------------------------------------------
-    if data_path is None and recipe.weights is not None and not recipe.pretrain_backbone:
-        # render at least at the given backbone's resize size (e.g. 256 px for a 224-px ViT-S)
-        from .models.backbone import build_backbone as _bb
-
-        side = int(_bb(recipe.backbone, None, **recipe.backbone_kwargs).img_size[0])
-        recipe = replace(recipe, size=max(recipe.size, round(side * 256 / 224)))
     if data_path is None:
         data_root = out / "data"
         if not (data_root / "images.txt").exists():

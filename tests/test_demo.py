@@ -107,13 +107,17 @@ def test_demo_refuses_impossible_classifier_blocks_before_writing(tmp_path, caps
 def test_demo_on_a_given_backbone_trains_only_the_last_blocks_on_a_cpu(capsys):
     from dataclasses import replace
 
-    from locloc.demo import DemoRecipe, _resolve_classifier_blocks
+    from locloc.demo import DemoRecipe, _settle_recipe
 
-    real = DemoRecipe(backbone="vit_small_patch16_224", backbone_kwargs={"img_size": 32, "depth": 6},
+    real = DemoRecipe(backbone="vit_small_patch16_224",
+                      backbone_kwargs={"img_size": 224, "depth": 6, "embed_dim": 48, "num_heads": 3},
                       weights="vit.safetensors")  # only the architecture is built: no file is read
-    assert _resolve_classifier_blocks(real, "cpu").classifier_frozen_blocks == 4
+    settled = _settle_recipe(real, "cpu", synthetic=True)
+    assert settled.classifier_frozen_blocks == 4
+    assert settled.size == 256  # images rendered at the 224-px backbone's resize size, not the recipe's 128
+    assert _settle_recipe(real, "cpu", synthetic=False).size == 128  # a user's data set: nothing rendered
     assert "trains the last 2 of its 6 copied blocks" in capsys.readouterr().out
-    assert _resolve_classifier_blocks(real, "cuda").classifier_frozen_blocks == 0
-    assert _resolve_classifier_blocks(replace(real, classifier_depth=3), "cpu").classifier_frozen_blocks == 0
-    assert _resolve_classifier_blocks(replace(real, classifier_frozen_blocks=1), "cpu").classifier_frozen_blocks == 1
-    assert _resolve_classifier_blocks(DemoRecipe(), "cpu").classifier_frozen_blocks == 0  # the embedded ViT: all train
+    assert _settle_recipe(real, "cuda", synthetic=False).classifier_frozen_blocks == 0
+    assert _settle_recipe(replace(real, classifier_depth=3), "cpu", synthetic=False).classifier_frozen_blocks == 0
+    assert _settle_recipe(replace(real, classifier_frozen_blocks=1), "cpu", synthetic=False).classifier_frozen_blocks == 1
+    assert _settle_recipe(DemoRecipe(), "cpu", synthetic=True).classifier_frozen_blocks == 0  # the embedded ViT: all train

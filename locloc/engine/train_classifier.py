@@ -94,6 +94,19 @@ class LocalGuideSet(Dataset):
         return {"image": self.transform(img), "label": int(s.label)}
 
 
+def check_classifier_blocks(n_backbone: int, depth: int | None, frozen: int,
+                            names: tuple[str, str] = ("classifier_depth", "frozen_blocks")) -> int:
+    """The classifier's depth (``depth``, or all ``n_backbone`` blocks) once ``depth`` and the
+    ``frozen`` count are checked against the backbone; ``names`` label them in the error."""
+    n = depth or n_backbone
+    if not 1 <= n <= n_backbone:
+        raise ConfigError(f"{names[0]} must be in 1..{n_backbone} for this backbone, got {depth}")
+    if not 0 <= frozen < n:
+        raise ConfigError(f"{names[1]} must be in 0..{n - 1} (the classifier copies {n} blocks and at least "
+                          f"one must train), got {frozen}")
+    return n
+
+
 def build_classifier(backbone: FrozenViT, num_classes: int, depth: int | None = None,
                      frozen: int = 0) -> nn.Module:
     """An LFDM classifier sized like ``backbone`` (heads, width, MLP ratio, grid, layer scale)
@@ -103,12 +116,7 @@ def build_classifier(backbone: FrozenViT, num_classes: int, depth: int | None = 
 
     vit = backbone.vit
     blk = vit.blocks[0]
-    if depth is not None and not 1 <= depth <= len(vit.blocks):
-        raise ConfigError(f"classifier_depth must be in 1..{len(vit.blocks)} for this backbone, got {depth}")
-    n_blocks = depth or len(vit.blocks)
-    if not 0 <= frozen < n_blocks:
-        raise ConfigError(f"frozen_blocks must be in 0..{n_blocks - 1} (the classifier has {n_blocks} blocks "
-                          f"and at least one must train), got {frozen}")
+    n_blocks = check_classifier_blocks(len(vit.blocks), depth, frozen)
     gamma = getattr(getattr(blk, "ls1", None), "gamma", None)
     clf = LFDMClassifier(
         num_classes=num_classes,
@@ -291,6 +299,7 @@ def train_classifier(
 __all__ = [
     "LocalGuideSet",
     "build_classifier",
+    "check_classifier_blocks",
     "guide_box",
     "make_cls_validator",
     "masked_image",
