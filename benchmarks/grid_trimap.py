@@ -42,6 +42,8 @@ def main() -> None:
                     help="blocks whose CLS attention is averaged (default: the backbone family's)")
     ap.add_argument("--rules", nargs="+", default=None, metavar="FG/BG/MID",
                     help="trimap rules to try instead of the built-in grid, e.g. 0.6/0/0.03 0.5/0/0.2")
+    ap.add_argument("--open", type=float, nargs="+", default=[0.02], metavar="FRAC",
+                    help="mask opening fractions to try with each rule (GrabCutMasker open_frac; 0: none)")
     args = ap.parse_args()
     grid = [tuple(float(v) for v in r.split("/")) for r in args.rules] if args.rules else GRID
 
@@ -70,11 +72,12 @@ def main() -> None:
         t0 = time.perf_counter()
         r = score(lambda im, a, t=t: attention_mask(a, im.shape[:2], t))
         print(f"{f'thresholded attention {t}':34} {r[0]:11.3f} {r[1]:8.3f} {r[2] or float('nan'):9.3f} {time.perf_counter() - t0:6.1f}")
-    for fg, bg, mid in grid:
-        m = GrabCutMasker(TrimapConfig(fg_frac=fg, bg_frac=bg, mid_frac=mid), iterations=args.iterations)
+    for (fg, bg, mid), op in ((rule, op) for rule in grid for op in args.open):
+        m = GrabCutMasker(TrimapConfig(fg_frac=fg, bg_frac=bg, mid_frac=mid), iterations=args.iterations,
+                          open_frac=op)
         t0 = time.perf_counter()
         r = score(m.generate)
-        name = f"grabcut {fg}/{bg}/{m.trimap_config.mid:.2f}"
+        name = f"grabcut {fg}/{bg}/{m.trimap_config.mid:.2f} open {op}"
         print(f"{name:34} {r[0]:11.3f} {r[1]:8.3f} {r[2] or float('nan'):9.3f} {time.perf_counter() - t0:6.1f}")
 
 

@@ -53,6 +53,9 @@ class DemoRecipe:
     pretrain_lr: float = 1e-3
     pretrain_crop_scale: float = 0.7
     grabcut_iterations: int = 5
+    # stage 1's second round from class-aware seeds (locloc/masks/refine.py); None: on for a
+    # backbone given with weights, off for the embedded one (whose attention was taught objectness)
+    class_seeds: bool | None = None
     mask_workers: int = 2
     generator: str = "light"
     generator_epochs: int = 12
@@ -103,6 +106,8 @@ def _settle_recipe(recipe: DemoRecipe, device: str | None, synthetic: bool) -> D
     frozen = recipe.classifier_frozen_blocks
     auto = (frozen is None and recipe.classifier_depth is None and given
             and (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu"))
+    if recipe.class_seeds is None:
+        recipe = replace(recipe, class_seeds=given)
     if not (given and synthetic) and recipe.classifier_depth is None and not frozen and not auto:
         return replace(recipe, classifier_frozen_blocks=0)
     arch = build_backbone(recipe.backbone, None, **recipe.backbone_kwargs)  # random init: shapes only
@@ -200,16 +205,25 @@ def run_demo(
     _log(f"backbone: {backbone_desc}")
 
     # -- stage 1: masks -------------------------------------------------------------------
-    from .masks.grabcut import GrabCutMasker, trimap_for
+    from .masks.grabcut import GrabCutMasker, open_frac_for, trimap_for
     from .masks.runner import mask_samples
     from .masks.store import MaskStore
 
     backbone = build_backbone(recipe.backbone, weights, **recipe.backbone_kwargs)
     store = MaskStore(out / "masks")
-    masker = GrabCutMasker(trimap_for(backbone), iterations=recipe.grabcut_iterations, seed=seed)
-    mstats = timer.run("masks", lambda: mask_samples(
-        list(train_all) + list(test), backbone, store, masker, batch_size=recipe.batch_size,
-        workers=recipe.mask_workers, shard=(0, 1), device=device or "cpu", progress=progress))
+    masker = GrabCutMasker(trimap_for(backbone), iterations=recipe.grabcut_iterations, seed=seed,
+                           open_frac=open_frac_for(backbone))
+    if recipe.class_seeds:
+        from .masks.refine import class_seeded_masks, round2_masker
+
+        mstats = timer.run("masks", lambda: class_seeded_masks(
+            train_all, list(train_all) + list(test), backbone, store, masker, round2_masker(masker),
+            len(data.classes), batch_size=recipe.batch_size, workers=recipe.mask_workers, shard=(0, 1),
+            device=device or "cpu", progress=progress, seed=seed, log=_log))
+    else:
+        mstats = timer.run("masks", lambda: mask_samples(
+            list(train_all) + list(test), backbone, store, masker, batch_size=recipe.batch_size,
+            workers=recipe.mask_workers, shard=(0, 1), device=device or "cpu", progress=progress))
 
     # -- stage 2: generator ---------------------------------------------------------------
     from .engine.config import ClassifierTrainConfig, GeneratorTrainConfig

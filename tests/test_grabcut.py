@@ -174,3 +174,57 @@ def test_grid_search_rows_sorted():
     rows = grid_search_trimap(cases, fg_fracs=(0.5, 0.7), bg_fracs=(0.2,), border_fracs=(0.03,), iterations=1)
     assert len(rows) == 2
     assert rows[0]["mask_iou"] >= rows[1]["mask_iou"]
+
+
+def line_case(h: int = 128, w: int = 128):
+    """A red disc with a thin dark line glued to it that runs to the far corner, on grey noise;
+    attention on the disc and, weaker, along the line (as a ViT's attention on clutter)."""
+    rng = np.random.default_rng(3)
+    img = rng.integers(150, 190, (h, w, 3)).astype(np.uint8)
+    gt = np.zeros((h, w), np.uint8)
+    cv2.circle(gt, (40, 40), 22, 1, -1)
+    img[gt == 1] = (220, 40, 40)
+    cv2.line(img, (55, 55), (118, 118), (200, 40, 40), 2)  # the object's colour: GrabCut keeps it
+    att = np.zeros((16, 16), np.float32)
+    att[2:8, 2:8] = 1.0
+    for k in range(7, 15):
+        att[k, k] = 0.3
+    return img, att, gt
+
+
+def test_opening_cuts_a_glued_line_off_the_mask():
+    from locloc.masks.grabcut import open_mask
+
+    img, att, gt = line_case()
+    trimap = TrimapConfig(fg_frac=0.6, bg_frac=0.0, mid_frac=0.1, border_frac=0.03)
+    plain = GrabCutMasker(trimap, work_size=None).generate(img, att)
+    opened = GrabCutMasker(trimap, work_size=None, open_frac=0.04).generate(img, att)
+    gt_box = mask_box(gt)
+    # without the opening the line stretches the box far past the disc
+    assert mask_box(plain)[2] > 100 and box_iou(mask_box(plain), gt_box[None])[0] < 0.5
+    assert box_iou(mask_box(opened), gt_box[None])[0] > 0.85
+    assert plain[90:120, 90:120].any() and not opened[90:120, 90:120].any()  # the line's far end
+    assert (opened <= plain).all()  # the opening only removes
+    # a mask the opening would empty (only thin parts) is returned as it was
+    thin = np.zeros((64, 64), np.uint8)
+    thin[10:50, 30:32] = 1
+    assert (open_mask(thin, 0.1) == thin).all()
+    assert open_mask(thin, 0.0) is thin
+
+
+def test_opening_kernel_scales_with_the_image():
+    from locloc.masks.grabcut import open_mask
+
+    sq = np.zeros((200, 200), np.uint8)
+    sq[50:150, 50:150] = 1
+    sq[100:104, 150:190] = 1  # a 4-px spur
+    assert open_mask(sq, 0.01)[101, 170] == 1  # 3-px kernel: the spur stays
+    assert open_mask(sq, 0.03)[101, 170] == 0  # 7-px kernel: gone
+    assert open_mask(sq, 0.03)[100, 100] == 1 and open_mask(sq, 0.03)[52:148, 52:148].all()  # only corners round off
+
+
+def test_opening_fraction_is_checked_and_recorded():
+    with pytest.raises(ConfigError, match="opening"):
+        GrabCutMasker(open_frac=0.6)
+    m = GrabCutMasker(open_frac=0.02)
+    assert GrabCutMasker.from_config(m.config()).open_frac == 0.02

@@ -304,3 +304,23 @@ def test_stage1_defaults_travel_in_the_weights_metadata(tmp_path):
     save_file(dict(src.vit.state_dict()), str(bad), metadata={"locloc.stage1": "{not json"})
     with pytest.raises(CheckpointError, match="locloc.stage1"):
         build_backbone(V2, bad, **TINY)
+
+
+def test_mask_opening_default_per_family_file_and_flag(tmp_path):
+    from locloc.masks.grabcut import open_frac_for
+
+    plain = build_backbone(V2, None, **TINY)
+    assert open_frac_for(plain) == 0.02  # DINOv2 family
+    assert open_frac_for(plain, 0.0) == 0.0  # the user's value over everything
+    deit = build_backbone("deit_small_patch16_224", None, img_size=32, depth=1, embed_dim=48, num_heads=3)
+    assert open_frac_for(deit) == 0.0
+    src = _source()
+    tuned = tmp_path / "tuned.safetensors"  # a file tuned without an opening keeps none
+    save_file(dict(src.vit.state_dict()), str(tuned),
+              metadata={"locloc.stage1": json.dumps({"trimap": {"fg_frac": 0.7, "bg_frac": 0.1}})})
+    assert open_frac_for(build_backbone(V2, tuned, **TINY)) == 0.0
+    with_open = tmp_path / "open.safetensors"
+    save_file(dict(src.vit.state_dict()), str(with_open),
+              metadata={"locloc.stage1": json.dumps({"trimap": {"fg_frac": 0.7, "bg_frac": 0.1}, "open_frac": 0.03})})
+    bb = build_backbone(V2, with_open, **TINY)
+    assert open_frac_for(bb) == 0.03 and open_frac_for(bb, 0.01) == 0.01

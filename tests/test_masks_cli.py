@@ -270,3 +270,29 @@ def test_workers_from_a_piped_script_fall_back_to_one_process(tiny, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "running GrabCut in this process" in r.stderr
     assert len(list(out.rglob("*.png"))) == N_TRAIN
+
+
+def test_class_seeds_from_the_command_line(tiny, tmp_path, capsys):
+    import json
+
+    data, weights = tiny
+    out = tmp_path / "cs"
+    assert main(_args(data, weights, out, "--workers", "0", "--split", "all", "--class-seeds",
+                      "--probe-patches", "8", "--open", "0")) == 0
+    assert len(MaskStore(out)) == N_TRAIN + N_TEST  # round 2 covers both splits
+    assert len(MaskStore(out / ".round1")) == N_TRAIN  # round 1 and the probe: training images only
+    stats = json.loads((out / "run_stats.json").read_text())
+    assert stats["class_seeds"] is True and stats["round2_masker"]["trimap"]["bg_frac"] == 0.1
+    assert stats["masker"]["open_frac"] == 0.0
+    assert stats["splits"]["train"]["probe"]["samples"] == N_TRAIN * 8
+    assert "class probe:" in capsys.readouterr().err
+    # a data set without a train split has nothing to fit the probe on: one line, nothing written
+    only_test = tmp_path / "only_test"
+    import shutil
+
+    shutil.copytree(data, only_test)
+    (only_test / "train_test_split.txt").write_text(
+        "".join(f"{i} 0\n" for i in range(1, N_TRAIN + N_TEST + 1)))
+    rc = main(_args(only_test, weights, tmp_path / "none", "--split", "test", "--class-seeds"))
+    assert rc != 0 and "train" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()

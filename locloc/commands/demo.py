@@ -36,6 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", choices=("auto", "bf16", "off"), default=None,
                    help="stages 2-3 precision: bf16 autocast needs a CPU with native bf16 or CUDA "
                         "(default auto: fp32 on CPU)")
+    p.add_argument("--class-seeds", dest="class_seeds", action="store_true", default=None,
+                   help="stage 1 adds a GrabCut round seeded by a patch probe trained with the labels "
+                        "(default: on with --weights, off for the embedded backbone)")
+    p.add_argument("--no-class-seeds", dest="class_seeds", action="store_false",
+                   help="stage 1 from the attention alone, as in the paper")
     p.add_argument("--pretrain-backbone", action="store_true",
                    help="train a small ViT on the data set's labels first (today's pre-0.2 path)")
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda when present)")
@@ -76,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         changes["classifier_frozen_blocks"] = args.frozen_blocks
     if args.amp is not None:
         changes["amp"] = args.amp
+    if args.class_seeds is not None:
+        changes["class_seeds"] = args.class_seeds
     recipe = dataclasses.replace(recipe, **changes)
     metrics = run_demo(args.out, seed=args.seed, quick=args.quick, data_path=args.data_path,
                        recipe=recipe, device=args.device, progress=not args.no_progress)

@@ -44,6 +44,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="trimap probable-foreground cut between bg and fg (default: with --fg/--bg given, "
                         "bg + (fg - bg) / 20)")
     p.add_argument("--border", type=float, default=None, help="trimap border band, fraction of the shorter side")
+    p.add_argument("--open", type=float, default=None, metavar="FRAC",
+                   help="after GrabCut, a morphological opening with a kernel of FRAC x the shorter side "
+                        "removes lines and thin clutter glued to the object (0: none; default: the weights "
+                        "file's, else the backbone family's: 0.02 for DINOv2, else none)")
+    p.add_argument("--class-seeds", action="store_true",
+                   help="a second GrabCut round seeded by a linear probe of the patch tokens trained with the "
+                        "training images' labels on the first round's masks (class-aware seeds; a departure from "
+                        "the paper; round 1 stays under OUT/.round1, the probe in OUT/class_probe.safetensors)")
+    p.add_argument("--probe-patches", type=int, default=32, metavar="N",
+                   help="with --class-seeds: random patches per training image the probe is fitted on")
     p.add_argument("--seed", type=int, default=0, help="cv2 RNG seed for GrabCut")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
     p.add_argument("--report", action="store_true",
@@ -70,7 +80,7 @@ def config_from_args(args: argparse.Namespace):
         if not isinstance(kwargs, dict):
             raise ConfigError("--backbone-kwargs must be a JSON object")
     keys = ("data_path", "split", "out", "backbone", "weights", "attention_blocks", "allow_random_backbone",
-            "workers", "shard", "batch_size", "iterations", "work_size", "fg", "bg", "mid", "border", "seed",
+            "workers", "shard", "batch_size", "iterations", "work_size", "fg", "bg", "mid", "border", "open", "class_seeds", "probe_patches", "seed",
             "device", "report", "hdf5", "import_h5", "skip_bad")
     values = {k: getattr(args, k) for k in keys}
     values["backbone_kwargs"] = kwargs

@@ -128,6 +128,11 @@ class MaskConfig:
     bg: float | None = None
     mid: float | None = None  # probable-fg cut (None: with fg/bg given, bg + (fg - bg) / 20)
     border: float | None = None
+    open: float | None = None  # mask opening, fraction of the shorter side (None: file's, else family's; 0: none)
+    # a second round seeded by a patch probe trained with the image labels (masks/refine.py);
+    # a departure from the paper's attention-only stage 1
+    class_seeds: bool = False
+    probe_patches: int = 32  # random patches per training image for the probe
     seed: int = 0
     device: str | None = None  # None: CUDA when available
     report: bool = False  # score the masks against GT boxes/masks; report.json
@@ -177,7 +182,7 @@ class EvalConfig:
 
 C = TypeVar("C")
 
-_POSITIVE = {"epochs", "batch_size", "val_every", "checkpoint_every", "iterations", "metric_workers"}
+_POSITIVE = {"epochs", "batch_size", "val_every", "checkpoint_every", "iterations", "metric_workers", "probe_patches"}
 _POSITIVE_OPT = {"steps_per_epoch", "crop_size", "resize_size", "masked_size", "classifier_depth", "limit"}
 _NON_NEGATIVE = {
     "base_lr", "lr", "min_lr", "warmup_lr", "warmup_epochs", "weight_decay", "clip_grad",
@@ -265,6 +270,8 @@ def _validate_value(name: str, value: Any) -> None:
         raise ValueError(f"must be a non-empty list of numbers in [0, 1), got {value}")
     if name in ("fg", "bg", "mid", "border") and not 0.0 <= value <= 1.0:
         raise ValueError(f"must be in [0, 1], got {value}")
+    if name == "open" and not 0.0 <= value < 0.5:
+        raise ValueError(f"must be in [0, 0.5), got {value}")
 
 
 def apply_values(cfg: C, values: dict[str, Any], source: str) -> C:

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,9 @@ if TYPE_CHECKING:  # annotations only: the GrabCut workers stay light
     from ..data.records import Sample
     from ..models.backbone import FrozenViT
 
+# (backbone, batch samples, images B x 3 x H x W) -> B x gh x gw seed grids for the trimap
+SeedSource = Callable[["FrozenViT", "Sequence[Sample]", "torch.Tensor"], np.ndarray]
+
 
 @dataclass
 class RunStats:
@@ -43,6 +46,8 @@ class RunStats:
     seconds: float = 0.0
     shard: tuple[int, int] = (0, 1)
     unreadable: list[str] = field(default_factory=list)  # with skip_bad: one message per image left out
+    round1: dict[str, Any] | None = None  # class seeds: the round-1 run's stats
+    probe: dict[str, Any] | None = None  # class seeds: the probe's metadata
 
     @property
     def images_per_s(self) -> float:
@@ -158,11 +163,20 @@ def _mask_many(tasks: list[tuple[str, str, np.ndarray]]) -> list[tuple[str, str 
     return [_mask_one(t) for t in tasks]
 
 
+def attention_source(device: Any = "cpu") -> SeedSource:
+    """The paper's seeds: :func:`attention_grids` of the batch."""
+
+    def source(backbone: FrozenViT, batch: Sequence[Sample], images: torch.Tensor) -> np.ndarray:
+        return attention_grids(backbone, images, device)
+
+    return source
+
+
 def _mask_loop(
     todo: Sequence[Sample], backbone: FrozenViT, out_store: MaskStore, masker: GrabCutMasker, stats: RunStats,
-    batch_size: int, workers: int, device: Any, max_in_flight: int, bar: Any,
+    batch_size: int, workers: int, seeds: SeedSource, max_in_flight: int, bar: Any,
 ) -> None:
-    """Attention on this process, GrabCut in ``workers`` spawned processes (or here when 0);
+    """Seed grids on this process, GrabCut in ``workers`` spawned processes (or here when 0);
     counts results into ``stats`` and ``bar``, which it closes."""
     backbone.eval()
 
@@ -190,7 +204,7 @@ def _mask_loop(
             _init_worker(masker.config(), str(out_store.root))
         pending: deque = deque()
         for batch in _batches(todo, batch_size):
-            grids = attention_grids(backbone, load_backbone_batch(batch, backbone), device)
+            grids = seeds(backbone, batch, load_backbone_batch(batch, backbone))
             tasks = [(str(s.path), s.relpath, g) for s, g in zip(batch, grids)]
             if pool is None:
                 for t in tasks:
@@ -225,6 +239,7 @@ def mask_samples(
     progress: bool = True,
     max_in_flight: int = 2,
     skip_bad: bool = False,
+    seeds: SeedSource | None = None,
 ) -> RunStats:
     """Write a GrabCut mask for every sample of this shard that has none yet.
 
@@ -239,6 +254,8 @@ def mask_samples(
         max_in_flight: batches handed to the pool but not finished; bounds memory.
         skip_bad: decode the images to do first and leave out the unreadable ones (listed in
             ``RunStats.unreadable``) instead of stopping at the first with a DataError.
+        seeds: ``(backbone, batch samples, images B x 3 x H x W) -> B x gh x gw`` grids that
+            seed the trimap; None: the CLS attention (:func:`attention_source`).
     """
     from tqdm import tqdm
 
@@ -260,7 +277,8 @@ def mask_samples(
 
             todo, stats.unreadable = check_images(todo, workers=max(1, workers))
         t0 = time.perf_counter()
-        _mask_loop(todo, backbone, out_store, masker, stats, batch_size, workers, device, max_in_flight,
+        _mask_loop(todo, backbone, out_store, masker, stats, batch_size, workers,
+                   seeds or attention_source(device), max_in_flight,
                    tqdm(total=len(todo), unit="img", desc=f"masks {shard[0]}/{shard[1]}", disable=not progress))
         stats.seconds = time.perf_counter() - t0
         return stats

@@ -54,7 +54,7 @@ def generate_masks(
     from ..data.datasets import skipped_message
     from ..engine.distributed import select_device
     from ..fileio import write_json
-    from .grabcut import GrabCutMasker, trimap_for
+    from .grabcut import GrabCutMasker, open_frac_for, trimap_for
     from .quality import format_report, quality_report, write_report
     from .runner import mask_samples, parse_shard, resolve_shard
     from .store import MaskStore, import_reference_h5, pack_hdf5
@@ -75,6 +75,8 @@ def generate_masks(
     device = None
 
     if cfg.import_h5:
+        if cfg.class_seeds:
+            raise ConfigError("--import-h5 imports finished masks; --class-seeds makes new ones: choose one")
         if len(splits) != 1:
             raise ConfigError("--import-h5 reads one split's file: give --split train or --split test")
         n = import_reference_h5(cfg.import_h5, splits[0][1], store)
@@ -88,13 +90,28 @@ def generate_masks(
             iterations=cfg.iterations,
             work_size=cfg.work_size or None,
             seed=cfg.seed,
+            open_frac=open_frac_for(backbone, cfg.open),
         )
         summary.update(masker=masker.config(), attention_blocks=list(backbone.attention_blocks))
+        if cfg.class_seeds:
+            from .refine import class_seeded_masks, round2_masker
+
+            if not dataset.splits.get("train"):
+                raise ConfigError(f"{cfg.data_path}: --class-seeds fits its probe on the 'train' split, and this "
+                                  "data set has no training image")
+            masker2 = round2_masker(masker)
+            summary.update(class_seeds=True, round2_masker=masker2.config())
         for name, samples in splits:
-            stats = mask_samples(
-                samples, backbone, store, masker, batch_size=cfg.batch_size, workers=cfg.workers,
-                shard=shard, device=device, progress=progress, skip_bad=cfg.skip_bad,
-            )
+            if cfg.class_seeds:
+                stats = class_seeded_masks(
+                    dataset.split("train"), samples, backbone, store, masker, masker2, len(dataset.classes),
+                    batch_size=cfg.batch_size, workers=cfg.workers, shard=shard, device=device, progress=progress,
+                    per_image=cfg.probe_patches, seed=cfg.seed, skip_bad=cfg.skip_bad, log=log)
+            else:
+                stats = mask_samples(
+                    samples, backbone, store, masker, batch_size=cfg.batch_size, workers=cfg.workers,
+                    shard=shard, device=device, progress=progress, skip_bad=cfg.skip_bad,
+                )
             unreadable += stats.unreadable
             summary["splits"][name] = stats.to_dict()
             fb = sum(stats.fallbacks.values())

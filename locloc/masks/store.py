@@ -83,13 +83,14 @@ class MaskStore:
         return p
 
     def __iter__(self) -> Iterator[str]:
-        """Keys (relative paths ending in ``.png``) of the stored masks, sorted."""
+        """Keys (relative paths ending in ``.png``) of the stored masks, sorted; hidden files
+        and folders (temporary files, a class-seeded run's ``.round1``) are not masks of the store."""
         if not self.root.is_dir():
             return iter(())
         keys = [
             p.relative_to(self.root).as_posix()
             for p in self.root.rglob("*.png")
-            if not p.name.startswith(".")
+            if not any(part.startswith(".") for part in p.relative_to(self.root).parts)
         ]
         return iter(sorted(keys))
 
