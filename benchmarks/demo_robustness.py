@@ -13,7 +13,8 @@ Runs ``run_demo`` (the embedded backbone, frozen; no pre-training) on
 - ``quick``: ``locloc demo --quick`` (4 classes, 112 px, the CI smoke test), beside the others;
 and prints one row each: GT-known, Top-1 Loc, Top-1 Cls, MaxBoxAccV2 (test split, threshold
 chosen on the held-out split), beside the GrabCut-direct and raw-attention baselines, and the
-wall time. Each run resumes if its directory already holds finished stages.
+wall time. Each run resumes if its directory already holds finished stages. ``--class-seeds``
+runs stage 1 with class-aware seeds (``locloc/masks/refine.py``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
     ap.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS[:4]))
+    ap.add_argument("--class-seeds", action="store_true",
+                    help="stage 1 with class-aware seeds (the demo's default only for a backbone given with weights)")
     args = ap.parse_args()
     out = Path(args.out)
     rows = []
@@ -53,6 +56,8 @@ def main() -> None:
             if not (data / "images.txt").exists():
                 write_foreign_set(data, train=60, test=20, seed=0)
             recipe = replace(recipe, heldout_per_class=15)
+        if args.class_seeds:
+            recipe = replace(recipe, class_seeds=True)
         t0 = time.perf_counter()
         m = run_demo(out / name, seed=seed, data_path=data, recipe=recipe, device="cpu", progress=False)
         rows.append((name, m, time.perf_counter() - t0))

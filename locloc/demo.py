@@ -52,7 +52,7 @@ class DemoRecipe:
     pretrain_epochs: int = 24
     pretrain_lr: float = 1e-3
     pretrain_crop_scale: float = 0.7
-    grabcut_iterations: int = 5
+    grabcut_iterations: int = 2
     # stage 1's second round from class-aware seeds (locloc/masks/refine.py); None: on for a
     # backbone given with weights, off for the embedded one (whose attention was taught objectness)
     class_seeds: bool | None = None

@@ -145,3 +145,20 @@ def test_a_damaged_probe_file_is_one_clear_error(tmp_path):
     p.write_bytes(b"not safetensors")
     with pytest.raises(Exception, match="not a class-probe file"):
         PatchProbe.load(p)
+
+
+def test_round_one_and_the_probe_take_a_seeded_subset_per_class(tmp_path):
+    from locloc.masks.refine import per_class_subset
+
+    samples = load_dataset(write_set(tmp_path / "data")).split("train")  # 4 classes x 6
+    sub = per_class_subset(samples, 2, seed=3)
+    assert [s.label for s in sub].count(0) == 2 and len(sub) == 8
+    assert sub == per_class_subset(samples, 2, seed=3)  # every shard draws the same images
+    assert [samples.index(s) for s in sub] == sorted(samples.index(s) for s in sub)  # original order
+    assert per_class_subset(samples, None) == samples and per_class_subset(samples, 50) == samples
+    r1 = GrabCutMasker(TrimapConfig(fg_frac=0.6, bg_frac=0.0, mid_frac=0.3, border_frac=0.03), iterations=1)
+    store = MaskStore(tmp_path / "m")
+    stats = class_seeded_masks(samples, samples, ColourBackbone(), store, r1, round2_masker(r1), len(COLOURS),
+                               per_class=3, per_image=64, progress=False, log=lambda m: None)
+    assert stats.round1["done"] == 12 and stats.probe["images"] == 12 and stats.done == len(samples)
+    assert _box_acc(samples, store) >= 0.9

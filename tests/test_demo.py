@@ -121,3 +121,18 @@ def test_demo_on_a_given_backbone_trains_only_the_last_blocks_on_a_cpu(capsys):
     assert _settle_recipe(replace(real, classifier_depth=3), "cpu", synthetic=False).classifier_frozen_blocks == 0
     assert _settle_recipe(replace(real, classifier_frozen_blocks=1), "cpu", synthetic=False).classifier_frozen_blocks == 1
     assert _settle_recipe(DemoRecipe(), "cpu", synthetic=True).classifier_frozen_blocks == 0  # the embedded ViT: all train
+
+
+def test_demo_class_seeds_default_on_for_a_given_backbone_only():
+    from dataclasses import replace
+
+    from locloc.demo import DemoRecipe, _settle_recipe
+
+    real = DemoRecipe(backbone="vit_small_patch16_224",
+                      backbone_kwargs={"img_size": 224, "depth": 2, "embed_dim": 48, "num_heads": 3},
+                      weights="vit.safetensors")
+    assert _settle_recipe(real, "cpu", synthetic=True).class_seeds is True
+    assert _settle_recipe(real, "cuda", synthetic=False).class_seeds is True
+    assert _settle_recipe(replace(real, class_seeds=False), "cpu", synthetic=True).class_seeds is False
+    assert _settle_recipe(DemoRecipe(), "cpu", synthetic=True).class_seeds is False  # the embedded backbone
+    assert _settle_recipe(replace(DemoRecipe(), class_seeds=True), "cpu", synthetic=True).class_seeds is True

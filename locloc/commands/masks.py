@@ -33,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, help="GrabCut processes (0: in the main process)")
     p.add_argument("--shard", default=None, metavar="I/N", help="process shard I of N (0-based)")
     p.add_argument("--batch-size", type=int, default=32, help="backbone batch size")
-    p.add_argument("--iterations", type=int, default=5, help="GrabCut iterations")
+    p.add_argument("--iterations", type=int, default=2,
+                   help="GrabCut iterations (2: as accurate as 5 on photos and synthetic shapes, 2-2.5x faster)")
     p.add_argument("--work-size", type=int, default=256,
                    help="GrabCut working resolution (longer side, px); 0 = full resolution")
     p.add_argument("--fg", type=float, default=None,
@@ -54,6 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the paper; round 1 stays under OUT/.round1, the probe in OUT/class_probe.safetensors)")
     p.add_argument("--probe-patches", type=int, default=32, metavar="N",
                    help="with --class-seeds: random patches per training image the probe is fitted on")
+    p.add_argument("--probe-images", type=int, default=100, metavar="N",
+                   help="with --class-seeds: training images per class (drawn with --seed) that round 1 cuts and "
+                        "the probe learns from (0: all); round 2 covers every image")
     p.add_argument("--seed", type=int, default=0, help="cv2 RNG seed for GrabCut")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
     p.add_argument("--report", action="store_true",
@@ -80,7 +84,7 @@ def config_from_args(args: argparse.Namespace):
         if not isinstance(kwargs, dict):
             raise ConfigError("--backbone-kwargs must be a JSON object")
     keys = ("data_path", "split", "out", "backbone", "weights", "attention_blocks", "allow_random_backbone",
-            "workers", "shard", "batch_size", "iterations", "work_size", "fg", "bg", "mid", "border", "open", "class_seeds", "probe_patches", "seed",
+            "workers", "shard", "batch_size", "iterations", "work_size", "fg", "bg", "mid", "border", "open", "class_seeds", "probe_patches", "probe_images", "seed",
             "device", "report", "hdf5", "import_h5", "skip_bad")
     values = {k: getattr(args, k) for k in keys}
     values["backbone_kwargs"] = kwargs

@@ -122,7 +122,7 @@ class MaskConfig:
     workers: int = 1  # GrabCut processes (0: in the main process)
     shard: str | None = None  # "I/N"
     batch_size: int = 32  # backbone batch
-    iterations: int = 5  # GrabCut iterations
+    iterations: int = 2  # GrabCut iterations (2 cut as well as 5: GrabCutMasker's docstring)
     work_size: int = 256  # GrabCut working resolution (longer side); 0 = full resolution
     fg: float | None = None  # trimap cuts; None: the weights file's, else the family's, else the library's
     bg: float | None = None
@@ -133,6 +133,7 @@ class MaskConfig:
     # a departure from the paper's attention-only stage 1
     class_seeds: bool = False
     probe_patches: int = 32  # random patches per training image for the probe
+    probe_images: int = 100  # training images per class in round 1 and the probe (0: all)
     seed: int = 0
     device: str | None = None  # None: CUDA when available
     report: bool = False  # score the masks against GT boxes/masks; report.json
@@ -186,7 +187,7 @@ _POSITIVE = {"epochs", "batch_size", "val_every", "checkpoint_every", "iteration
 _POSITIVE_OPT = {"steps_per_epoch", "crop_size", "resize_size", "masked_size", "classifier_depth", "limit"}
 _NON_NEGATIVE = {
     "base_lr", "lr", "min_lr", "warmup_lr", "warmup_epochs", "weight_decay", "clip_grad",
-    "workers", "cache_views", "frozen_blocks", "label_smoothing", "color_jitter", "heldout_per_class", "work_size",
+    "workers", "cache_views", "frozen_blocks", "probe_images", "label_smoothing", "color_jitter", "heldout_per_class", "work_size",
 }
 _CHOICES = {
     "amp": ("auto", "bf16", "fp16", "off"),

@@ -194,6 +194,20 @@ def collect_probe_samples(
     return torch.cat(feats), torch.cat(labs)
 
 
+def per_class_subset(samples: Sequence[Sample], per_class: int | None, seed: int = 0) -> list[Sample]:
+    """At most ``per_class`` samples of each class, drawn at random with ``seed`` (the same
+    draw in every shard), in their original order; all of them when ``per_class`` is None."""
+    if per_class is None:
+        return list(samples)
+    rng = np.random.default_rng(seed)
+    labels = np.array([s.label for s in samples])
+    keep: set[int] = set()
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        keep.update(int(i) for i in rng.permutation(idx)[:per_class])
+    return [s for i, s in enumerate(samples) if i in keep]
+
+
 def class_seed_source(probe: PatchProbe, label_for: Callable[[Sample], int | None], device: Any = "cpu"):
     """A seed source for :func:`locloc.masks.runner.mask_samples`: ``(backbone, batch, images)
     -> B x gh x gw`` probe seeds, with ``label_for(sample)`` the label to use (None: the
@@ -231,6 +245,8 @@ def class_seeded_masks(
     device: Any = "cpu",
     progress: bool = True,
     per_image: int = 32,
+    per_class: int | None = 100,
+    max_patches: int = 200_000,
     l2: float = 0.01,
     seed: int = 0,
     skip_bad: bool = False,
@@ -238,8 +254,10 @@ def class_seeded_masks(
 ) -> RunStats:
     """Masks for ``samples`` in ``store`` from class-aware seeds (see the module docstring).
 
-    Round 1 writes the attention masks of ``fit_samples`` (the labelled training images)
-    under ``store/.round1``; the probe is fitted on them and saved as
+    Round 1 writes the attention masks of up to ``per_class`` images of each class of
+    ``fit_samples`` (the labelled training images; :func:`per_class_subset`) under
+    ``store/.round1``; the probe is fitted on ``per_image`` random patches of each (fewer when
+    that would pass ``max_patches`` in all) and saved as
     ``store/class_probe.safetensors`` (a rerun reuses both); round 2 writes the masks of
     ``samples`` into ``store``, with the own label for the images of ``fit_samples`` and the
     largest class probability for the others. Under sharding each shard does its part of
@@ -252,6 +270,8 @@ def class_seeded_masks(
 
     if not fit_samples:
         raise ConfigError("class seeds: no training image to fit the probe on")
+    fit_keys = {s.relpath for s in fit_samples}
+    fit_samples = per_class_subset(fit_samples, per_class, seed)
     round1 = MaskStore(store.root / ROUND1_DIR)
     s1 = mask_samples(fit_samples, backbone, round1, round1_masker, batch_size=batch_size, workers=workers,
                       shard=shard, device=device, progress=progress, skip_bad=skip_bad)
@@ -271,6 +291,7 @@ def class_seeded_masks(
                 "the same command once every shard has finished round 1")
         import torch
 
+        per_image = max(1, min(per_image, max_patches // max(1, len(have))))
         x, y = collect_probe_samples(have, backbone, round1, num_classes, per_image=per_image,
                                      batch_size=batch_size, device=device, seed=seed, progress=progress)
         torch.manual_seed(seed)
@@ -280,7 +301,6 @@ def class_seeded_masks(
         probe.save(probe_path)
         log(f"class probe: {len(have)} images x {per_image} patches, {num_classes} classes + background, "
             f"training accuracy {100 * probe.meta['train_accuracy']:.1f} %")
-    fit_keys = {s.relpath for s in fit_samples}
     source = class_seed_source(probe, lambda s: s.label if s.relpath in fit_keys else None, device)
     s2 = mask_samples(samples, backbone, store, round2_masker, batch_size=batch_size, workers=workers,
                       shard=shard, device=device, progress=progress, skip_bad=skip_bad, seeds=source)
@@ -292,5 +312,5 @@ def class_seeded_masks(
 
 __all__ = [
     "CLASS_SEED_TRIMAP", "PROBE_FILE", "ROUND1_DIR", "PatchProbe", "class_seed_source", "class_seeded_masks",
-    "collect_probe_samples", "patch_features", "patch_labels", "round2_masker",
+    "collect_probe_samples", "patch_features", "patch_labels", "per_class_subset", "round2_masker",
 ]

@@ -106,7 +106,7 @@ def generate_masks(
                 stats = class_seeded_masks(
                     dataset.split("train"), samples, backbone, store, masker, masker2, len(dataset.classes),
                     batch_size=cfg.batch_size, workers=cfg.workers, shard=shard, device=device, progress=progress,
-                    per_image=cfg.probe_patches, seed=cfg.seed, skip_bad=cfg.skip_bad, log=log)
+                    per_image=cfg.probe_patches, per_class=cfg.probe_images or None, seed=cfg.seed, skip_bad=cfg.skip_bad, log=log)
             else:
                 stats = mask_samples(
                     samples, backbone, store, masker, batch_size=cfg.batch_size, workers=cfg.workers,
