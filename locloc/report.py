@@ -114,6 +114,12 @@ def write_report(out: str | Path, metrics: dict[str, Any], g: dict[str, Any], cu
     opt = metrics["test_sweep_best_optimistic"]
     timings = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.1f} s</td></tr>" for k, v in metrics.get("timings_s", {}).items())
     data = metrics.get("data", {})
+    probe = metrics.get("masks", {}).get("probe")
+    stage1 = ("CLS attention &rarr; trimap &rarr; GrabCut (the paper's)" if not probe else
+              f"class-aware seeds: round-1 GrabCut masks of {probe.get('images')} training images label the "
+              f"patches of a linear probe ({probe.get('samples')} patches, trained with the image labels), whose "
+              "own-class probability seeds a second GrabCut round; test images use the largest class probability "
+              "(no label)")
     imgs = "".join(f'<img src="report_files/{c}" alt="{c}">' for c in curve_imgs)
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>LocLoc demo report</title>
@@ -125,6 +131,7 @@ td:first-child,th:first-child{{text-align:left}}img{{max-width:100%;margin:4px}}
 <p><b>Data:</b> {html.escape(str(data.get('description', '')))} — {data.get('classes')} classes,
 {data.get('train')} train, {data.get('heldout')} held-out (carved from train), {data.get('test')} test images.<br>
 <b>Backbone:</b> {html.escape(str(metrics.get('backbone', {}).get('description', '')))}<br>
+<b>Stage 1:</b> {stage1}<br>
 <b>Model directory:</b> <code>{html.escape(str(metrics.get('model_dir', '')))}</code>
 (works with <code>locloc predict</code> and <code>locloc evaluate</code>).</p>
 <h2>Results on the test split</h2>
