@@ -23,3 +23,17 @@ def test_guard_replaces_posterize_in_timm_transform():
     ra = next(t for t in tf.transforms if isinstance(t, RandAugment))
     post = [op for op in ra.ops if "Posterize" in op.name]
     assert post and all(op.aug_fn is _safe_posterize for op in post)
+
+
+def test_classifier_transform_takes_crop_scale():
+    from locloc.engine.config import ClassifierTrainConfig
+    from locloc.engine.train_classifier import train_transform
+
+    def crops(cfg):
+        tf = train_transform(cfg, 64, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+        return [t for t in tf.transforms if type(t).__name__.startswith("RandomResizedCrop")]
+
+    (default,) = crops(ClassifierTrainConfig())
+    assert default.scale == (0.08, 1.0)  # timm's default, the reference recipe
+    (wide,) = crops(ClassifierTrainConfig(crop_scale=0.5))
+    assert wide.scale == (0.5, 1.0) and wide.size == (64, 64)

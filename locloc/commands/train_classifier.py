@@ -21,6 +21,9 @@ _EXTRA = [
     ("--generator-dir", "generator_dir", dict(metavar="DIR",
                                               help="train-generator model dir to merge into OUT/model")),
     ("--label-smoothing", "label_smoothing", dict(type=float)),
+    ("--crop-scale", "crop_scale", dict(type=float, metavar="F",
+                                        help="smallest area fraction of the random-resized crop (default 0.08, "
+                                             "timm's; larger keeps more of each object's outline)")),
     ("--re-prob", "re_prob", dict(type=float, help="random erasing probability")),
     ("--mask-threshold", "mask_threshold", dict(type=float, help="binarize min-max normalised masks above this")),
     ("--classifier-depth", "classifier_depth", dict(type=int, metavar="N",

@@ -97,6 +97,7 @@ class ClassifierTrainConfig(TrainConfig):
     label_smoothing: float = 0.1
     auto_augment: str | None = "rand-m9-mstd0.5-inc1"
     color_jitter: float = 0.4
+    crop_scale: float = 0.08  # lower bound of the random-resized crop's area fraction (timm's default)
     interpolation: str = "bicubic"
     re_prob: float = 0.0
     local_guide: bool = True  # force the mask to 1 inside one random CutMix-style box

@@ -238,6 +238,29 @@ def _guard_posterize(transform: Any) -> None:
                     op.aug_fn = _safe_posterize
 
 
+def train_transform(
+    cfg: ClassifierTrainConfig, crop: int, mean: Sequence[float], std: Sequence[float]
+) -> Callable[[Image.Image], torch.Tensor]:
+    """timm's training transform for the masked images (PIL -> ``3 x crop x crop``):
+    random-resized crop of area fraction ``[cfg.crop_scale, 1]``, flip, RandAugment (with the
+    posterize guard), colour jitter, normalisation."""
+    from timm.data import create_transform
+
+    tf = create_transform(
+        input_size=crop,
+        is_training=True,
+        scale=(cfg.crop_scale, 1.0),
+        auto_augment=cfg.auto_augment,
+        color_jitter=cfg.color_jitter,
+        interpolation=cfg.interpolation,
+        re_prob=cfg.re_prob,
+        mean=mean,
+        std=std,
+    )
+    _guard_posterize(tf)
+    return tf
+
+
 def train_classifier(
     cfg: ClassifierTrainConfig,
     resume: str | None = None,
@@ -248,25 +271,13 @@ def train_classifier(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run stage 3 as configured; returns the trainer's summary plus the output paths."""
-    from timm.data import create_transform
-
     setup = prepare_stage(cfg, dist, log)
     d, bb = setup.dist, setup.backbone
     out = Path(cfg.out)
     if cfg.generator_dir is not None:
         _check_same_backbone(Path(cfg.generator_dir), bb)  # fail before training, not after
     ckpt = find_resume(out, resume)
-    tf = create_transform(
-        input_size=setup.crop,
-        is_training=True,
-        auto_augment=cfg.auto_augment,
-        color_jitter=cfg.color_jitter,
-        interpolation=cfg.interpolation,
-        re_prob=cfg.re_prob,
-        mean=setup.mean,
-        std=setup.std,
-    )
-    _guard_posterize(tf)
+    tf = train_transform(cfg, setup.crop, setup.mean, setup.std)
     train_set = LocalGuideSet(setup.train, setup.store, tf, cfg.masked_size, cfg.mask_threshold,
                               cfg.local_guide, cfg.guide_beta)
     num_classes = setup.dataset.num_classes
