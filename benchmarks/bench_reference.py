@@ -260,6 +260,19 @@ def relabel(cub: Path, top5: list[list[int]], classes: int = 200) -> str:
     return f"{kinds[0]} top-1, {kinds[1]} at ranks 2-5, {kinds[2]} outside the top 5"
 
 
+def timed_iter(iterable, timer: Timer) -> Iterator:
+    """Yield from ``iterable``, adding the time spent getting each item to ``timer``'s ``data``."""
+    it = iter(iterable)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        timer.s["data"] += time.perf_counter() - t0
+        yield item
+
+
 # --------------------------------------------------------------------------- the reference
 
 
@@ -279,16 +292,9 @@ class _Bar:
         pass
 
     def __iter__(self):
-        it = iter(self.iterable)
-        while True:
-            t0 = time.perf_counter()
-            try:
-                item = next(it)
-            except StopIteration:
-                return
-            if _Bar.timer is not None:
-                _Bar.timer.s["data"] += time.perf_counter() - t0
-            yield item
+        if _Bar.timer is None:
+            return iter(self.iterable)
+        return timed_iter(self.iterable, _Bar.timer)
 
 
 class Reference:
@@ -475,15 +481,7 @@ class Ours:
 
         class TimedLoader(ev.DataLoader):
             def __iter__(self):
-                it = super().__iter__()
-                while True:
-                    t0 = time.perf_counter()
-                    try:
-                        item = next(it)
-                    except StopIteration:
-                        return
-                    tm.s["data"] += time.perf_counter() - t0
-                    yield item
+                return timed_iter(super().__iter__(), tm)
 
         m = self.model
         with patched(
