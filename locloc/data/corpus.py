@@ -38,13 +38,21 @@ CORPUS_SHAPES = SHAPES + (
     "heart", "arrow", "pentagon", "diamond", "ell", "tee", "blob", "semicircle", "trapezoid", "hourglass",
 )
 CORPUS_TEXTURES = TEXTURES + ("noise", "rings", "zigzag", "grid", "hatch", "halves", "spots")
+# more outlines for a second vocabulary (``corpus_classes(extra_shapes=True)``): curves, corners
+# and concavities the first one lacks
+EXTRA_SHAPES = ("teardrop", "lens", "parallelogram", "octagon", "chevron")
 _DISTRACTORS = ("square", "hexagon", "bar")
 
 
-def corpus_classes() -> list[tuple[str, str]]:
+def corpus_shapes(extra_shapes: bool = False) -> tuple[str, ...]:
+    """The corpus's shape vocabulary (with :data:`EXTRA_SHAPES` when ``extra_shapes``)."""
+    return CORPUS_SHAPES + (EXTRA_SHAPES if extra_shapes else ())
+
+
+def corpus_classes(extra_shapes: bool = False) -> list[tuple[str, str]]:
     """Every (shape, texture) pair of the corpus vocabulary that ``make-synthetic`` never makes."""
     demo = {class_spec(k) for k in range(MAX_CLASSES)}
-    return [(s, t) for s in CORPUS_SHAPES for t in CORPUS_TEXTURES if (s, t) not in demo]
+    return [(s, t) for s in corpus_shapes(extra_shapes) for t in CORPUS_TEXTURES if (s, t) not in demo]
 
 
 def _extra_polys(shape: str, rng: np.random.Generator) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -78,6 +86,24 @@ def _extra_polys(shape: str, rng: np.random.Generator) -> tuple[list[np.ndarray]
     if shape == "trapezoid":
         top = rng.uniform(0.3, 0.55)
         return [np.array([[-top, -0.7], [top, -0.7], [1, 0.7], [-1, 0.7]], dtype=np.float64)], []
+    if shape == "teardrop":  # round at one end, drawn out to a point at the other
+        a = np.linspace(0, 2 * np.pi, 96, endpoint=False)
+        x = 0.8 * np.sin(a) * np.abs(np.sin(a / 2)) ** rng.uniform(1.5, 3.0)
+        return [np.stack([x, -np.cos(a)], 1)], []
+    if shape == "lens":  # two circular arcs meeting at two corners
+        h = rng.uniform(0.35, 0.6)
+        a = np.linspace(-1, 1, 48)
+        top = np.stack([a, -h * (1 - a ** 2)], 1)
+        return [np.concatenate([top, top[::-1] * [1, -1]])], []
+    if shape == "parallelogram":
+        s = rng.uniform(0.3, 0.5)
+        return [np.array([[-1 + s, -0.6], [1, -0.6], [1 - s, 0.6], [-1, 0.6]], dtype=np.float64)], []
+    if shape == "octagon":
+        return [_regular(8, 1.0, np.pi / 8)], []
+    if shape == "chevron":  # a thick V
+        t = rng.uniform(0.5, 0.7)
+        return [np.array([[-1, -0.8], [0, 0.2], [1, -0.8], [1, -0.8 + t], [0, 0.2 + t], [-1, -0.8 + t]],
+                         dtype=np.float64)], []
     if shape == "hourglass":
         w = rng.uniform(0.12, 0.25)
         return [np.array([[-0.8, -1], [0.8, -1], [w, 0], [0.8, 1], [-0.8, 1], [-w, 0]], dtype=np.float64)], []
@@ -159,12 +185,14 @@ def _corpus_background(rng: np.random.Generator, size: int, clutter: float = 1.0
 
 def render_corpus(
     shape: str, texture: str, rng: np.random.Generator, size: int = 128, scale: tuple[float, float] = (0.15, 0.8),
-    clutter: float = 1.0,
+    clutter: float = 1.0, stretch: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One corpus image: ``(H x W x 3 uint8 RGB, H x W uint8 mask in {0, 1})``.
 
     ``scale``: range of the object's extent / image side (log-uniform); ``clutter``: scales the
-    background clutter and the number of distractors (1: the shipped backbone's corpus).
+    background clutter and the number of distractors (1: the shipped backbone's corpus);
+    ``stretch``: the object's outline is stretched along one axis by ``exp(U(-stretch, stretch))``
+    before placement (0: no draw, the shipped corpus).
     """
     img = _corpus_background(rng, size, clutter)
     for _ in range(_count(rng, 0, 4, clutter)):
@@ -176,6 +204,10 @@ def render_corpus(
     while True:
         lin, centre = _placement(rng, size, extent)
         polys, holes = _extra_polys(shape, rng)
+        if stretch > 0:  # kept inside the unit square that _placement keeps in the image
+            r = float(np.exp(rng.uniform(-stretch, stretch)))
+            f = np.array([r, 1 / r]) / max(r, 1 / r)
+            polys, holes = [q * f for q in polys], [q * f for q in holes]
         mask = _rasterize(polys, holes, lin, centre, size)
         if mask.sum() >= 16:
             break
@@ -193,4 +225,5 @@ def iter_corpus(per_class: int, seed: int, size: int = 128) -> Iterator[tuple[np
             yield img, k
 
 
-__all__ = ["CORPUS_SHAPES", "CORPUS_TEXTURES", "corpus_classes", "iter_corpus", "render_corpus"]
+__all__ = ["CORPUS_SHAPES", "CORPUS_TEXTURES", "EXTRA_SHAPES", "corpus_classes", "corpus_shapes", "iter_corpus",
+           "render_corpus"]
