@@ -128,15 +128,9 @@ def _transforms(size: int, mean: Sequence[float], std: Sequence[float], crop_sca
 
 
 def _aligned_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> Any:
-    """The distillation items' transform: the whole image resized (the teacher's view) and
-    colour-jittered; the flip is applied by the data set to image, mask and teacher tokens."""
-    return v2.Compose([
-        v2.ToImage(),
-        v2.Resize((size, size), antialias=True),
-        v2.ColorJitter(0.3, 0.3, 0.3, 0.05),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean, std),
-    ])
+    """The distillation items' transform: colour jitter, then the eval view (the whole image
+    resized, as the teacher saw it); the data set flips image, mask and teacher tokens together."""
+    return v2.Compose([v2.ToImage(), v2.ColorJitter(0.3, 0.3, 0.3, 0.05), _transforms(size, mean, std, 1.0)[1]])
 
 
 @torch.inference_mode()
@@ -149,8 +143,7 @@ def teacher_tokens(images: Sequence[np.ndarray], teacher: nn.Module, size: int, 
 
     if int(getattr(teacher, "num_prefix_tokens", 1)) != 1:
         raise ValueError("teacher_tokens: the teacher must have exactly one prefix token (CLS, no registers)")
-    tf = v2.Compose([v2.ToImage(), v2.Resize((size, size), antialias=True), v2.ToDtype(torch.float32, scale=True),
-                     v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    tf = _transforms(size, IMAGENET_MEAN, IMAGENET_STD, 1.0)[1]  # the eval view
     teacher.eval()
     out: list[np.ndarray] = []
     for k in tqdm(range(0, len(images), batch_size), desc="teacher", disable=not progress):
