@@ -95,6 +95,8 @@ def test_demo_is_deterministic_for_a_seed(tmp_path):
     (["--frozen-blocks", "4"], "--frozen-blocks must be in 0..3"),  # the embedded ViT has 4 blocks
     (["--classifier-depth", "2", "--frozen-blocks", "2"], "--frozen-blocks must be in 0..1"),
     (["--classifier-depth", "9"], "--classifier-depth must be in 1..4"),
+    (["--classifier-lr", "0"], "--classifier-lr must be a positive number"),
+    (["--classifier-lr", "nan"], "--classifier-lr must be a positive number"),
 ])
 def test_demo_refuses_impossible_classifier_blocks_before_writing(tmp_path, capsys, flags, words):
     out = tmp_path / "demo"
@@ -121,6 +123,31 @@ def test_demo_on_a_given_backbone_trains_only_the_last_blocks_on_a_cpu(capsys):
     assert _settle_recipe(replace(real, classifier_depth=3), "cpu", synthetic=False).classifier_frozen_blocks == 0
     assert _settle_recipe(replace(real, classifier_frozen_blocks=1), "cpu", synthetic=False).classifier_frozen_blocks == 1
     assert _settle_recipe(DemoRecipe(), "cpu", synthetic=True).classifier_frozen_blocks == 0  # the embedded ViT: all train
+
+
+def test_demo_classifier_lr_is_lower_when_more_than_two_pretrained_blocks_train(capsys):
+    from dataclasses import replace
+
+    from locloc.demo import DemoRecipe, _settle_recipe
+
+    real = DemoRecipe(backbone="vit_small_patch16_224",
+                      backbone_kwargs={"img_size": 224, "depth": 6, "embed_dim": 48, "num_heads": 3},
+                      weights="vit.safetensors")
+    assert _settle_recipe(real, "cpu", synthetic=True).classifier_lr == 5e-4  # the last 2 of 6 train
+    assert "classifier: lr" not in capsys.readouterr().out
+    assert _settle_recipe(real, "cuda", synthetic=True).classifier_lr == 5e-5  # all 6 train
+    assert "lr 5e-05" in capsys.readouterr().out
+    assert _settle_recipe(real, "cuda", synthetic=False).classifier_lr == 5e-5  # a user's data set, all 6
+    assert _settle_recipe(replace(real, classifier_frozen_blocks=0), "cpu", synthetic=True).classifier_lr == 5e-5
+    assert _settle_recipe(replace(real, classifier_frozen_blocks=3), "cpu", synthetic=False).classifier_lr == 5e-5
+    assert _settle_recipe(replace(real, classifier_frozen_blocks=4), "cpu", synthetic=False).classifier_lr == 5e-4
+    assert _settle_recipe(replace(real, classifier_depth=2), "cuda", synthetic=False).classifier_lr == 5e-4
+    asked = replace(real, classifier_frozen_blocks=0, classifier_lr=3e-5)
+    assert _settle_recipe(asked, "cpu", synthetic=True).classifier_lr == 3e-5  # asked for: kept
+    # the embedded backbone and one pre-trained here train from a weak start: the higher lr
+    assert _settle_recipe(DemoRecipe(), "cpu", synthetic=True).classifier_lr == 5e-4
+    assert _settle_recipe(DemoRecipe(), "cuda", synthetic=False).classifier_lr == 5e-4
+    assert _settle_recipe(replace(DemoRecipe(), pretrain_backbone=True), "cpu", synthetic=True).classifier_lr == 5e-4
 
 
 def test_demo_class_seeds_default_on_for_a_given_backbone_only():

@@ -33,6 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frozen-blocks", type=int, default=None, metavar="K",
                    help="keep the classifier's first K copied blocks fixed, train the rest + head "
                         "(default: with --weights on a CPU all but the last 2, else 0)")
+    p.add_argument("--classifier-lr", type=float, default=None, metavar="LR",
+                   help="the LFDM classifier's learning rate (default: 5e-4; 5e-5 when more than the "
+                        "last 2 blocks of a backbone given with --weights train)")
     p.add_argument("--amp", choices=("auto", "bf16", "off"), default=None,
                    help="stages 2-3 precision: bf16 autocast needs a CPU with native bf16 or CUDA "
                         "(default auto: fp32 on CPU)")
@@ -79,6 +82,10 @@ def run(args: argparse.Namespace) -> int:
         changes["classifier_depth"] = args.classifier_depth
     if args.frozen_blocks is not None:
         changes["classifier_frozen_blocks"] = args.frozen_blocks
+    if args.classifier_lr is not None:
+        if not args.classifier_lr > 0 or args.classifier_lr == float("inf"):
+            raise ConfigError(f"--classifier-lr must be a positive number, got {args.classifier_lr}")
+        changes["classifier_lr"] = args.classifier_lr
     if args.amp is not None:
         changes["amp"] = args.amp
     if args.class_seeds is not None:
