@@ -157,7 +157,9 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo into ``out``; returns the ``metrics.json`` dict (with ``baselines``)."""
     from .data.synthetic import make_synthetic
+    from .masks.runner import exit_if_reimported_by_worker
 
+    exit_if_reimported_by_worker()
     torch.manual_seed(seed)
     recipe = recipe or (DemoRecipe.quick() if quick else DemoRecipe())
     recipe = _settle_recipe(recipe, device, synthetic=data_path is None)  # before anything is written

@@ -296,3 +296,26 @@ def test_class_seeds_from_the_command_line(tiny, tmp_path, capsys):
     rc = main(_args(only_test, weights, tmp_path / "none", "--split", "test", "--class-seeds"))
     assert rc != 0 and "train" in capsys.readouterr().err
     assert not (tmp_path / "none").exists()
+
+
+def test_workers_from_an_unguarded_script_fall_back_to_one_process(tiny, tmp_path):
+    """A script that runs stage 1 at import time (no ``if __name__ == "__main__":``) makes each
+    spawned worker re-run it and die at start; the run must notice, say what to add, and finish
+    in-process instead of waiting forever on workers that never come up (it used to hang)."""
+    data, weights = tiny
+    out = tmp_path / "masks"
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from locloc.stages import MaskConfig, generate_masks\n"
+        f"cfg = MaskConfig(data_path={str(data)!r}, out={str(out)!r}, backbone={BACKBONE!r}, "
+        f"backbone_kwargs={TINY}, weights={str(weights)!r}, iterations=1, batch_size=4, workers=2, "
+        ")\n"
+        "generate_masks(cfg, progress=False)\nprint('DONE')\n"
+    )
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert "DONE" in r.stdout.splitlines()
+    assert "if __name__ == '__main__'" in r.stderr and "running GrabCut in this process" in r.stderr
+    # each worker stops with one line before redoing the parent's work; no tracebacks
+    assert "this worker stops here" in r.stderr and "Traceback" not in r.stderr
+    assert len(MaskStore(out)) == N_TRAIN

@@ -14,6 +14,8 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -137,6 +139,15 @@ def _spawn_can_start() -> bool:
     return main_file is None or os.path.exists(main_file)
 
 
+def exit_if_reimported_by_worker() -> None:
+    """Exit at once (one line, no traceback) in a spawned worker that is still re-importing the
+    parent's main script, i.e. a script that calls LocLoc at import time: without this the worker
+    would redo the parent's work up to the point where it cannot spawn, then die anyway."""
+    if getattr(mp.current_process(), "_inheriting", False):
+        raise SystemExit("locloc: a worker process re-imported the main script, which calls LocLoc when "
+                         "imported; put those calls under `if __name__ == '__main__':` (this worker stops here)")
+
+
 # -- worker side (module-level and torch-free so that spawned workers start fast) -----------
 
 _WORKER: dict[str, Any] = {}
@@ -172,16 +183,35 @@ def attention_source(device: Any = "cpu") -> SeedSource:
     return source
 
 
+def _start_pool(workers: int, masker: GrabCutMasker, out_store: MaskStore) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                               initargs=(masker.config(), str(out_store.root)))
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Drop queued chunks and stop the workers now (an error or Ctrl-C must not wait on GrabCut)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join()
+
+
 def _mask_loop(
     todo: Sequence[Sample], backbone: FrozenViT, out_store: MaskStore, masker: GrabCutMasker, stats: RunStats,
     batch_size: int, workers: int, seeds: SeedSource, max_in_flight: int, bar: Any,
 ) -> None:
     """Seed grids on this process, GrabCut in ``workers`` spawned processes (or here when 0);
-    counts results into ``stats`` and ``bar``, which it closes."""
+    counts results into ``stats`` and ``bar``, which it closes. Workers that die (e.g. at start,
+    when the calling script runs LocLoc at import time) leave the rest to this process."""
     backbone.eval()
+    collected: set[str] = set()
 
     def _collect(results: list[tuple[str, str | None]]) -> None:
-        for _, reason in results:
+        for relpath, reason in results:
+            collected.add(relpath)
             stats.done += 1
             if reason is None:
                 stats.grabcut += 1
@@ -189,42 +219,50 @@ def _mask_loop(
                 stats.fallbacks[reason] += 1
         bar.update(len(results))
 
-    pool = None
+    def _in_process(samples: Sequence[Sample]) -> None:
+        _init_worker(masker.config(), str(out_store.root))
+        for batch in _batches(samples, batch_size):
+            grids = seeds(backbone, batch, load_backbone_batch(batch, backbone))
+            for s, g in zip(batch, grids):
+                _collect([_mask_one((str(s.path), s.relpath, g))])
+
     if workers > 0 and not _spawn_can_start():
         print(f"locloc masks: the main script {sys.modules['__main__'].__file__!r} is not a file that "
               "spawned GrabCut workers can import (stdin?); running GrabCut in this process instead",
               file=sys.stderr, flush=True)
         workers = 0
+    pool = _start_pool(workers, masker, out_store) if workers > 0 else None
     try:
-        if workers > 0:
-            ctx = mp.get_context("spawn")
-            init_args = (masker.config(), str(out_store.root))
-            pool = ctx.Pool(workers, initializer=_init_worker, initargs=init_args)
-        else:
-            _init_worker(masker.config(), str(out_store.root))
-        pending: deque = deque()
-        for batch in _batches(todo, batch_size):
-            grids = seeds(backbone, batch, load_backbone_batch(batch, backbone))
-            tasks = [(str(s.path), s.relpath, g) for s, g in zip(batch, grids)]
-            if pool is None:
-                for t in tasks:
-                    _collect([_mask_one(t)])
-                continue
-            # Small chunks keep both workers busy to the end of each batch.
-            chunk = max(1, len(tasks) // (workers * 4))
-            chunks = [tasks[k : k + chunk] for k in range(0, len(tasks), chunk)]
-            pending.append(pool.map_async(_mask_many, chunks))
-            while len(pending) >= max_in_flight:
-                for r in pending.popleft().get():
-                    _collect(r)
-        while pending:
-            for r in pending.popleft().get():
-                _collect(r)
+        if pool is None:
+            _in_process(todo)
+            return
+        try:
+            pending: deque[list[Future]] = deque()
+            for batch in _batches(todo, batch_size):
+                grids = seeds(backbone, batch, load_backbone_batch(batch, backbone))
+                tasks = [(str(s.path), s.relpath, g) for s, g in zip(batch, grids)]
+                # Small chunks keep both workers busy to the end of each batch.
+                chunk = max(1, len(tasks) // (workers * 4))
+                pending.append([pool.submit(_mask_many, tasks[k : k + chunk]) for k in range(0, len(tasks), chunk)])
+                while len(pending) >= max_in_flight:
+                    for f in pending.popleft():
+                        _collect(f.result())
+            while pending:
+                for f in pending.popleft():
+                    _collect(f.result())
+        except BrokenProcessPool:
+            _stop_pool(pool)
+            pool = None
+            main_file = getattr(sys.modules.get("__main__"), "__file__", None) or "the main script"
+            print(f"locloc masks: GrabCut worker processes died. Spawned workers re-import {main_file!r}: "
+                  "if it runs LocLoc when imported, put those calls under "
+                  "`if __name__ == '__main__':`; running GrabCut in this process instead",
+                  file=sys.stderr, flush=True)
+            _in_process([s for s in todo if s.relpath not in collected])
     finally:
         bar.close()
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            _stop_pool(pool)
 
 
 def mask_samples(
@@ -259,6 +297,7 @@ def mask_samples(
     """
     from tqdm import tqdm
 
+    exit_if_reimported_by_worker()
     if batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
     if workers < 0:

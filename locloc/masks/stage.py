@@ -56,9 +56,10 @@ def generate_masks(
     from ..fileio import write_json
     from .grabcut import GrabCutMasker, open_frac_for, trimap_for
     from .quality import format_report, quality_report, write_report
-    from .runner import mask_samples, parse_shard, resolve_shard
+    from .runner import exit_if_reimported_by_worker, mask_samples, parse_shard, resolve_shard
     from .store import MaskStore, import_reference_h5, pack_hdf5
 
+    exit_if_reimported_by_worker()
     if not cfg.data_path or not cfg.out:
         raise ConfigError("masks: data_path and out (the mask store directory) are required")
     if cfg.workers < 0 or cfg.batch_size < 1:
