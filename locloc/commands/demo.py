@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="backbone blocks the LFDM classifier copies (default: all; fewer is faster on CPU)")
     p.add_argument("--frozen-blocks", type=int, default=None, metavar="K",
                    help="keep the classifier's first K copied blocks fixed, train the rest + head "
-                        "(default: with --weights on a CPU all but the last 2, else 0)")
+                        "(default: with --weights, on a CPU, for the synthetic data all but the last 2; else 0)")
     p.add_argument("--classifier-lr", type=float, default=None, metavar="LR",
                    help="the LFDM classifier's learning rate (default: 5e-4; 5e-5 when more than the "
                         "last 2 blocks of a backbone given with --weights train)")

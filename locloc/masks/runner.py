@@ -254,9 +254,9 @@ def _mask_loop(
             _stop_pool(pool)
             pool = None
             main_file = getattr(sys.modules.get("__main__"), "__file__", None) or "the main script"
-            print(f"locloc masks: GrabCut worker processes died. Spawned workers re-import {main_file!r}: "
-                  "if it runs LocLoc when imported, put those calls under "
-                  "`if __name__ == '__main__':`; running GrabCut in this process instead",
+            print(f"locloc masks: a GrabCut worker process died (killed, out of memory, or, most often, "
+                  f"spawned workers re-import {main_file!r} and it runs LocLoc when imported: put those "
+                  "calls under `if __name__ == '__main__':`); running GrabCut in this process instead",
                   file=sys.stderr, flush=True)
             _in_process([s for s in todo if s.relpath not in collected])
     finally:
