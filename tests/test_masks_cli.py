@@ -319,3 +319,27 @@ def test_workers_from_an_unguarded_script_fall_back_to_one_process(tiny, tmp_pat
     # each worker stops with one line before redoing the parent's work; no tracebacks
     assert "this worker stops here" in r.stderr and "Traceback" not in r.stderr
     assert len(MaskStore(out)) == N_TRAIN
+
+
+def test_workers_that_die_leave_the_rest_to_this_process(tiny, tmp_path, monkeypatch, capsys):
+    """Workers that die (here each one exits as it starts, as an OOM kill or a crash would end
+    it) used to leave the run waiting forever; now the parent finishes the masks itself, and they
+    match a run without workers."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from locloc.data import load_dataset
+    from locloc.masks import runner
+
+    data, _ = tiny
+    samples = load_dataset(data).split("train")
+    ref = MaskStore(tmp_path / "ref")
+    mask_samples(samples, _FakeBackbone(), ref, GrabCutMasker(iterations=1), batch_size=3, progress=False)
+    monkeypatch.setattr(runner, "_start_pool", lambda workers, masker, store: ProcessPoolExecutor(
+        workers, mp_context=mp.get_context("spawn"), initializer=os._exit, initargs=(3,)))
+    store = MaskStore(tmp_path / "s")
+    stats = mask_samples(samples, _FakeBackbone(), store, GrabCutMasker(iterations=1), batch_size=3, workers=2,
+                         progress=False)
+    assert "GrabCut worker process died" in capsys.readouterr().err
+    assert stats.done == N_TRAIN and stats.grabcut + sum(stats.fallbacks.values()) == N_TRAIN
+    _assert_same_masks(_snapshot(ref.root), _snapshot(store.root))
