@@ -219,12 +219,15 @@ def _mask_loop(
                 stats.fallbacks[reason] += 1
         bar.update(len(results))
 
+    def _tasks(batch: Sequence[Sample]) -> list[tuple[str, str, np.ndarray]]:
+        grids = seeds(backbone, batch, load_backbone_batch(batch, backbone))
+        return [(str(s.path), s.relpath, g) for s, g in zip(batch, grids)]
+
     def _in_process(samples: Sequence[Sample]) -> None:
         _init_worker(masker.config(), str(out_store.root))
         for batch in _batches(samples, batch_size):
-            grids = seeds(backbone, batch, load_backbone_batch(batch, backbone))
-            for s, g in zip(batch, grids):
-                _collect([_mask_one((str(s.path), s.relpath, g))])
+            for t in _tasks(batch):
+                _collect([_mask_one(t)])
 
     if workers > 0 and not _spawn_can_start():
         print(f"locloc masks: the main script {sys.modules['__main__'].__file__!r} is not a file that "
@@ -239,8 +242,7 @@ def _mask_loop(
         try:
             pending: deque[list[Future]] = deque()
             for batch in _batches(todo, batch_size):
-                grids = seeds(backbone, batch, load_backbone_batch(batch, backbone))
-                tasks = [(str(s.path), s.relpath, g) for s, g in zip(batch, grids)]
+                tasks = _tasks(batch)
                 # Small chunks keep both workers busy to the end of each batch.
                 chunk = max(1, len(tasks) // (workers * 4))
                 pending.append([pool.submit(_mask_many, tasks[k : k + chunk]) for k in range(0, len(tasks), chunk)])
