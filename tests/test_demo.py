@@ -168,3 +168,36 @@ def test_demo_class_seeds_default_on_for_a_given_backbone_only():
     assert _settle_recipe(replace(real, class_seeds=False), "cpu", synthetic=True).class_seeds is False
     assert _settle_recipe(DemoRecipe(), "cpu", synthetic=True).class_seeds is False  # the embedded backbone
     assert _settle_recipe(replace(DemoRecipe(), class_seeds=True), "cpu", synthetic=True).class_seeds is True
+
+
+def test_demo_on_a_users_data_set_points_to_a_real_backbone(tmp_path, capsys):
+    """``--data-path`` on the embedded backbone ends with how to run a real ViT on the same data;
+    the data set comes from a generator that shares no code with make-synthetic."""
+    from foreign_set import write_foreign_set
+
+    data = write_foreign_set(tmp_path / "data", train=14, test=3)
+    run = tmp_path / "run"
+    assert main(["demo", "--quick", "--data-path", str(data), "--out", str(run), "--no-progress",
+                 "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["data"]["synthetic"] is False
+    # --quick holds out 10 per class, capped at half of each class's 14 training images
+    assert (m["data"]["classes"], m["data"]["train"], m["data"]["heldout"], m["data"]["test"]) == (8, 56, 56, 24)
+    assert "small embedded backbone" in out
+    assert f"locloc demo --data-path {data} --backbone vit_small_patch14_dinov2 --weights" in out
+    assert out.index("small embedded backbone") > out.index("Top-1 Cls")  # under the table
+
+
+def test_demo_advice_only_for_a_users_data_set_on_the_embedded_backbone(demo_dir):
+    from locloc.demo import embedded_backbone_advice
+
+    m = json.loads((demo_dir / "metrics.json").read_text())
+    assert m["data"]["synthetic"] is True
+    assert embedded_backbone_advice(m) is None  # the synthetic demo
+    user = {**m, "data": {**m["data"], "synthetic": False, "root": "/data/mine"}}
+    assert "--data-path /data/mine " in embedded_backbone_advice(user)
+    assert embedded_backbone_advice({**user, "recipe": {**m["recipe"], "weights": "vit.safetensors"}}) is None
+    assert embedded_backbone_advice({**user, "recipe": {**m["recipe"], "pretrain_backbone": True}}) is None
+    old = {**m, "data": {k: v for k, v in m["data"].items() if k != "synthetic"}}  # a metrics.json from before
+    assert embedded_backbone_advice(old) is None

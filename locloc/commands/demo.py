@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..demo import DemoRecipe, format_demo_table, run_demo
+    from ..demo import DemoRecipe, embedded_backbone_advice, format_demo_table, run_demo
     from ..errors import ConfigError
 
     if args.device is None and not torch.cuda.is_available():
@@ -97,4 +97,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_demo_table(metrics))
     print(f"\ntotal {metrics['timings_s']['total']:.0f} s; report: {metrics['report']}")
     print(f"model: {metrics['model_dir']}  (try: locloc predict IMAGE --model-dir {metrics['model_dir']})")
+    advice = embedded_backbone_advice(metrics)
+    if advice:
+        print(f"\n{advice}")
     return 0
