@@ -121,12 +121,18 @@ def write_report(out: str | Path, metrics: dict[str, Any], g: dict[str, Any], cu
               "own-class probability seeds a second GrabCut round; test images use the largest class probability "
               "(no label)")
     imgs = "".join(f'<img src="report_files/{c}" alt="{c}">' for c in curve_imgs)
+    from .demo import embedded_backbone_advice
+
+    advice = embedded_backbone_advice(metrics)
+    advice_html = f'<div class="advice">{html.escape(advice)}</div>' if advice else ""
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>LocLoc demo report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #bbb;padding:4px 10px;text-align:right}}
 td:first-child,th:first-child{{text-align:left}}img{{max-width:100%;margin:4px}}h2{{margin-top:1.6em}}
-.note{{color:#555;font-size:90%}}</style></head><body>
+.note{{color:#555;font-size:90%}}
+.advice{{white-space:pre-wrap;font-family:monospace;font-size:85%;background:#fff8e1;border-left:4px solid #e0a000;
+padding:8px 12px;margin:1em 0}}</style></head><body>
 <h1>LocLoc demo report</h1>
 <p><b>Data:</b> {html.escape(str(data.get('description', '')))} — {data.get('classes')} classes,
 {data.get('train')} train, {data.get('heldout')} held-out (carved from train), {data.get('test')} test images.<br>
@@ -142,6 +148,7 @@ Box threshold <b>{metrics['best']['threshold']:.2f}</b>, chosen on the held-out 
 (Top-1/Top-5 Loc = GT-known and the class right). The test sweep's own best threshold
 ({opt['threshold']:.2f}: GT-known {opt['gt_known_loc']:.2f}, Top-1 Loc {opt['top1_loc']:.2f}) is
 optimistic, since it is chosen on the test images themselves.</p>
+{advice_html}
 <h2>Gallery</h2>
 <p class="note">Green: ground truth box; red: predicted box; heatmap: the GEG generator's map.
 Caption: IoU with the GT box, predicted class, and whether it is right.</p>

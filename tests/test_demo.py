@@ -187,6 +187,8 @@ def test_demo_on_a_users_data_set_points_to_a_real_backbone(tmp_path, capsys):
     assert "small embedded backbone" in out
     assert f"locloc demo --data-path {data} --backbone vit_small_patch14_dinov2 --weights" in out
     assert out.index("small embedded backbone") > out.index("Top-1 Cls")  # under the table
+    report = (run / "report.html").read_text()
+    assert '<div class="advice">note: this ran on the small embedded backbone' in report
 
 
 def test_demo_advice_only_for_a_users_data_set_on_the_embedded_backbone(demo_dir):
@@ -195,6 +197,7 @@ def test_demo_advice_only_for_a_users_data_set_on_the_embedded_backbone(demo_dir
     m = json.loads((demo_dir / "metrics.json").read_text())
     assert m["data"]["synthetic"] is True
     assert embedded_backbone_advice(m) is None  # the synthetic demo
+    assert 'class="advice"' not in (demo_dir / "report.html").read_text()
     user = {**m, "data": {**m["data"], "synthetic": False, "root": "/data/mine"}}
     assert "--data-path /data/mine " in embedded_backbone_advice(user)
     assert embedded_backbone_advice({**user, "recipe": {**m["recipe"], "weights": "vit.safetensors"}}) is None
