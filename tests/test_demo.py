@@ -200,6 +200,8 @@ def test_demo_advice_only_for_a_users_data_set_on_the_embedded_backbone(demo_dir
     assert 'class="advice"' not in (demo_dir / "report.html").read_text()
     user = {**m, "data": {**m["data"], "synthetic": False, "root": "/data/mine"}}
     assert "--data-path /data/mine " in embedded_backbone_advice(user)
+    spaced = {**user, "data": {**user["data"], "root": "/data/my photos"}}
+    assert "--data-path '/data/my photos' " in embedded_backbone_advice(spaced)  # a command that pastes
     assert embedded_backbone_advice({**user, "recipe": {**m["recipe"], "weights": "vit.safetensors"}}) is None
     assert embedded_backbone_advice({**user, "recipe": {**m["recipe"], "pretrain_backbone": True}}) is None
     old = {**m, "data": {k: v for k, v in m["data"].items() if k != "synthetic"}}  # a metrics.json from before
